@@ -1,0 +1,1 @@
+"""Who hears about an alert: routing, throttling, escalation, templates and channels."""

@@ -1,0 +1,171 @@
+"""``qesmon``: the one command line entry point.
+
+Subcommands: ``up`` (everything, in the foreground), ``pipeline``, ``notifier``, ``api``,
+``migrate``, ``rules check``, ``keys create``, ``demo``. This is the only module that reads
+the environment; each subcommand's implementation lives in its own package and receives a
+:class:`~qesmon.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from qesmon.errors import QesmonError
+from qesmon.settings import Settings
+
+log = logging.getLogger("qesmon")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qesmon", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="migrate, then run pipeline, notifier and API until Ctrl-C")
+    up.add_argument("--no-demo", action="store_true", help="do not start demo traffic")
+
+    pipe = sub.add_parser("pipeline", help="run the Bytewax dataflow")
+    pipe.add_argument("-w", "--workers-per-process", type=int, default=1)
+    pipe.add_argument("-i", "--process-id", type=int, default=None)
+    pipe.add_argument("-a", "--addresses", default=None, help='"host:port;host:port" of processes')
+    pipe.add_argument("-p", "--processes", type=int, default=1,
+                      help="start this many local processes (Bytewax cluster on localhost)")
+    pipe.add_argument("--recovery-dir", type=Path, default=None)
+
+    sub.add_parser("notifier", help="run the notifier (consumer group on the alerts stream)")
+    sub.add_parser("api", help="run the REST API and the Prometheus exporter")
+    sub.add_parser("migrate", help="apply pending database migrations")
+
+    rules = sub.add_parser("rules", help="rule file tools")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    check = rules_sub.add_parser("check", help="validate rule files (default: RULES_DIR)")
+    check.add_argument("paths", nargs="*", type=Path)
+
+    keys = sub.add_parser("keys", help="API key tools")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", help="create an API key and print it once")
+    create.add_argument("--role", choices=("admin", "viewer"), required=True)
+    create.add_argument("--tenant", default=None, help="restrict the key to one tenant")
+    create.add_argument("--name", default="", help="a note saying who the key is for")
+
+    demo = sub.add_parser("demo", help="push synthetic QES platform traffic")
+    demo.add_argument("--rate", type=float, default=200.0, help="events per second")
+    demo.add_argument("--tenants", type=int, default=4)
+    demo.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until Ctrl-C")
+    demo.add_argument("--backfill", default=None, help="write the past period first, e.g. 7d")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(os.environ)
+    except QesmonError as exc:
+        print(f"qesmon: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return _dispatch(args, settings)
+    except QesmonError as exc:
+        print(f"qesmon {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    command = args.command
+    if command != "rules":
+        log.info("configuration: %s", json.dumps(settings.describe(), default=str))
+    if command == "migrate":
+        from qesmon.migrate import apply_migrations
+
+        applied = apply_migrations(settings.database_url)
+        print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+        return 0
+    if command == "pipeline":
+        from pipeline.run import main as pipeline_main
+
+        return pipeline_main(settings, args)
+    if command == "notifier":
+        from notifier.service import main as notifier_main
+
+        return notifier_main(settings)
+    if command == "api":
+        from api.app import main as api_main
+
+        return api_main(settings)
+    if command == "rules":
+        from rules.check import main as rules_check
+
+        return rules_check(args.paths or [settings.rules_dir])
+    if command == "keys":
+        from api.keys import create_key_cli
+
+        return create_key_cli(settings, role=args.role, tenant=args.tenant, name=args.name)
+    if command == "demo":
+        from qesmon.demo import main as demo_main
+
+        return demo_main(settings, args)
+    if command == "up":
+        return _up(settings, args)
+    raise AssertionError(command)
+
+
+def _up(settings: Settings, args: argparse.Namespace) -> int:
+    """Migrate, then run every process as a child until Ctrl-C or until one of them dies."""
+    from qesmon.migrate import apply_migrations
+
+    apply_migrations(settings.database_url)
+    commands = [["pipeline"], ["notifier"], ["api"]]
+    if not args.no_demo and os.environ.get("QESMON_DEMO", "1") != "0":
+        commands.append(["demo"])
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    for command in commands:
+        children[command[0]] = subprocess.Popen([sys.executable, "-m", "qesmon", *command])
+    print(
+        f"qesmon up: API http://{settings.api_host}:{settings.api_port}/api/v1/metrics/health, "
+        f"exporter http://{settings.api_host}:{settings.prometheus_metrics_port}/metrics; "
+        "Ctrl-C stops everything",
+        flush=True,
+    )
+    stopping = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    status = 0
+    try:
+        while not stopping:
+            for name, child in children.items():
+                code = child.poll()
+                if code is not None:
+                    log.error("%s exited with status %s; stopping the rest", name, code)
+                    status = code or 1
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return status

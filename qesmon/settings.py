@@ -1,0 +1,222 @@
+"""The one configuration object of qes-monitoring, read from the environment once.
+
+Only ``main()`` functions call :meth:`Settings.from_env`; everything else receives a
+``Settings`` explicitly, so tests build their own with :meth:`Settings.for_tests` or
+``dataclasses.replace``::
+
+    settings = Settings.from_env(os.environ)
+    log.info("configuration: %s", settings.describe())   # secrets masked
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from qesmon.errors import ConfigError
+
+T = TypeVar("T")
+
+_SECRET_WORDS = ("password", "secret", "token", "webhook", "key")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL (``redis://:pw@host`` -> ``redis://:***@host``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def mask_secret(value: str | None) -> str | None:
+    """Show a secret only as its first characters, or as a ``${ENV}`` reference as given."""
+    if value is None or value == "":
+        return value
+    if _ENV_REF.fullmatch(value):
+        return value
+    return value[:4] + "***" if len(value) > 12 else "***"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamKeys:
+    """Names of the Redis keys; everything lives under one prefix (``qes`` in production)."""
+
+    prefix: str = "qes"
+    shards: int = 1
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metric stream shards: ``qes:metrics`` alone, or ``qes:metrics:0..N-1``."""
+        if self.shards == 1:
+            return [f"{self.prefix}:metrics"]
+        return [f"{self.prefix}:metrics:{i}" for i in range(self.shards)]
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:metrics:dead"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}:alerts"
+
+    def key(self, *parts: str) -> str:
+        """Any other key of ours, e.g. ``keys.key("health", "pipeline")``."""
+        return ":".join((self.prefix, *parts))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective configuration; every field maps to one environment variable (see ``ENV``)."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/qesmon"
+    rules_dir: Path = Path("rules")
+    key_prefix: str = "qes"
+    stream_shards: int = 1
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    prometheus_metrics_port: int = 8001
+    window_seconds: int = 10
+    watermark_wait: float = 2.0
+    allowed_lateness: float = 30.0
+    recovery_dir: Path = Path("var/recovery")
+    snapshot_interval: int = 5
+    slow_request_threshold: float = 1.0
+    resource_monitoring_interval: float = 30.0
+    slack_webhook_url: str | None = None
+    email_smtp_host: str | None = None
+    email_smtp_port: int = 587
+    email_smtp_user: str | None = None
+    email_smtp_password: str | None = None
+    email_from: str | None = None
+    email_to: str | None = None
+    log_level: str = "INFO"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def streams(self) -> StreamKeys:
+        return StreamKeys(self.key_prefix, self.stream_shards)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build and validate settings from environment variables; raise ConfigError."""
+        values: dict[str, Any] = {}
+        for name, (var, parse) in ENV.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[name] = parse(raw)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from None
+        values["extra"] = {k: v for k, v in env.items() if k.startswith("QESMON_")}
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check ranges and formats; raise ConfigError naming the variable."""
+        for scheme_var, url, schemes in (
+            ("REDIS_URL", self.redis_url, ("redis", "rediss", "unix")),
+            ("DATABASE_URL", self.database_url, ("postgresql", "postgres")),
+        ):
+            if urlsplit(url).scheme not in schemes:
+                raise ConfigError(f"{scheme_var} must start with one of {schemes}, got {url!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,50}", self.key_prefix):
+            raise ConfigError(f"QESMON_KEY_PREFIX {self.key_prefix!r} must be 1-50 of [A-Za-z0-9_.-]")
+        checks: list[tuple[str, bool]] = [
+            ("STREAM_SHARDS must be between 1 and 1024", 1 <= self.stream_shards <= 1024),
+            ("API_PORT must be a TCP port", 0 <= self.api_port < 65536),
+            ("PROMETHEUS_METRICS_PORT must be a TCP port", 0 <= self.prometheus_metrics_port < 65536),
+            ("WINDOW_SECONDS must divide 60 (1, 2, 5, 10, 15, 20, 30, 60)",
+             self.window_seconds > 0 and 60 % self.window_seconds == 0),
+            ("WATERMARK_WAIT_SECONDS must be >= 0", self.watermark_wait >= 0),
+            ("ALLOWED_LATENESS_SECONDS must be >= 0", self.allowed_lateness >= 0),
+            ("SNAPSHOT_INTERVAL_SECONDS must be >= 1", self.snapshot_interval >= 1),
+            ("SLOW_REQUEST_THRESHOLD must be > 0", self.slow_request_threshold > 0),
+            ("RESOURCE_MONITORING_INTERVAL must be > 0", self.resource_monitoring_interval > 0),
+        ]
+        for message, ok in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def describe(self) -> dict[str, Any]:
+        """The effective configuration with every secret masked, for the start-up log."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("redis_url", "database_url"):
+                value = mask_url(value)
+            elif isinstance(value, str) and any(w in f.name for w in _SECRET_WORDS):
+                value = mask_secret(value)
+            elif f.name == "extra":
+                value = {
+                    k: mask_secret(v) if any(w in k.lower() for w in _SECRET_WORDS) else v
+                    for k, v in value.items()
+                }
+            elif isinstance(value, Path):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _pos_float(raw: str) -> float:
+    value = float(raw)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def _level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+_str: Callable[[str], str] = str
+
+#: field name -> (environment variable, parser)
+ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "redis_url": ("REDIS_URL", _str),
+    "database_url": ("DATABASE_URL", _str),
+    "rules_dir": ("RULES_DIR", Path),
+    "key_prefix": ("QESMON_KEY_PREFIX", _str),
+    "stream_shards": ("STREAM_SHARDS", int),
+    "api_host": ("API_HOST", _str),
+    "api_port": ("API_PORT", int),
+    "prometheus_metrics_port": ("PROMETHEUS_METRICS_PORT", int),
+    "window_seconds": ("WINDOW_SECONDS", int),
+    "watermark_wait": ("WATERMARK_WAIT_SECONDS", _pos_float),
+    "allowed_lateness": ("ALLOWED_LATENESS_SECONDS", _pos_float),
+    "recovery_dir": ("RECOVERY_DIR", Path),
+    "snapshot_interval": ("SNAPSHOT_INTERVAL_SECONDS", int),
+    "slow_request_threshold": ("SLOW_REQUEST_THRESHOLD", _pos_float),
+    "resource_monitoring_interval": ("RESOURCE_MONITORING_INTERVAL", _pos_float),
+    "slack_webhook_url": ("SLACK_WEBHOOK_URL", _str),
+    "email_smtp_host": ("EMAIL_SMTP_HOST", _str),
+    "email_smtp_port": ("EMAIL_SMTP_PORT", int),
+    "email_smtp_user": ("EMAIL_SMTP_USER", _str),
+    "email_smtp_password": ("EMAIL_SMTP_PASSWORD", _str),
+    "email_from": ("EMAIL_FROM", _str),
+    "email_to": ("EMAIL_TO", _str),
+    "log_level": ("LOG_LEVEL", _level),
+}
+
+__all__ = ["ENV", "Settings", "StreamKeys", "mask_secret", "mask_url"]
