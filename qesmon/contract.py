@@ -218,9 +218,9 @@ def _parse_event(obj: Mapping[str, Any], default_ts: float) -> Event:
     name = obj.get("name")
     if name is None or name == "":
         raise _Invalid("name: missing")
+    if not isinstance(name, str):
+        raise _Invalid(f"name: expected a string, got {type(name).__name__}")
     if name not in _good_names:
-        if not isinstance(name, str):
-            raise _Invalid(f"name: expected a string, got {type(name).__name__}")
         if len(name) > MAX_NAME or not _NAME.fullmatch(name):
             raise _Invalid(
                 f"name: {name[:60]!r} must match [a-zA-Z_:][a-zA-Z0-9_:]* and be at most "
@@ -251,6 +251,8 @@ def _parse_event(obj: Mapping[str, Any], default_ts: float) -> Event:
             )
         mtype = found
     raw_success = obj.get("success")
+    if not isinstance(raw_success, str | bool | None):
+        raise _Invalid(f"success: expected true/false, got {type(raw_success).__name__}")
     if raw_success is None or raw_success == "" or raw_success is True or raw_success in _TRUE:
         success = True
     elif raw_success is False or raw_success in _FALSE:
