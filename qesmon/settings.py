@@ -97,6 +97,22 @@ class Settings:
     email_smtp_password: str | None = None
     email_from: str | None = None
     email_to: str | None = None
+    # notifier (issue 5): channel endpoints and delivery tuning
+    discord_webhook_url: str | None = None
+    webhook_url: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_from: str | None = None
+    twilio_api_url: str = "https://api.twilio.com"
+    sms_to: str | None = None
+    pagerduty_routing_key: str | None = None
+    pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"
+    alertmanager_url: str | None = None
+    notifier_time_scale: float = 1.0
+    notifier_retry_base: float = 1.0
+    notifier_retry_max: float = 300.0
+    notifier_delivery_deadline: float = 86400.0
+    notifier_claim_idle: float = 30.0
     log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -142,6 +158,12 @@ class Settings:
             ("SNAPSHOT_INTERVAL_SECONDS must be >= 1", self.snapshot_interval >= 1),
             ("SLOW_REQUEST_THRESHOLD must be > 0", self.slow_request_threshold > 0),
             ("RESOURCE_MONITORING_INTERVAL must be > 0", self.resource_monitoring_interval > 0),
+            ("NOTIFIER_TIME_SCALE must be > 0", self.notifier_time_scale > 0),
+            ("NOTIFIER_RETRY_BASE_SECONDS must be > 0", self.notifier_retry_base > 0),
+            ("NOTIFIER_RETRY_MAX_SECONDS must be >= NOTIFIER_RETRY_BASE_SECONDS",
+             self.notifier_retry_max >= self.notifier_retry_base),
+            ("NOTIFIER_DELIVERY_DEADLINE_SECONDS must be > 0", self.notifier_delivery_deadline > 0),
+            ("NOTIFIER_CLAIM_IDLE_SECONDS must be > 0", self.notifier_claim_idle > 0),
         ]
         for message, ok in checks:
             if not ok:
@@ -216,6 +238,21 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "email_smtp_password": ("EMAIL_SMTP_PASSWORD", _str),
     "email_from": ("EMAIL_FROM", _str),
     "email_to": ("EMAIL_TO", _str),
+    "discord_webhook_url": ("DISCORD_WEBHOOK_URL", _str),
+    "webhook_url": ("WEBHOOK_URL", _str),
+    "twilio_account_sid": ("TWILIO_ACCOUNT_SID", _str),
+    "twilio_auth_token": ("TWILIO_AUTH_TOKEN", _str),
+    "twilio_from": ("TWILIO_FROM", _str),
+    "twilio_api_url": ("TWILIO_API_URL", _str),
+    "sms_to": ("SMS_TO", _str),
+    "pagerduty_routing_key": ("PAGERDUTY_ROUTING_KEY", _str),
+    "pagerduty_events_url": ("PAGERDUTY_EVENTS_URL", _str),
+    "alertmanager_url": ("ALERTMANAGER_URL", _str),
+    "notifier_time_scale": ("NOTIFIER_TIME_SCALE", _pos_float),
+    "notifier_retry_base": ("NOTIFIER_RETRY_BASE_SECONDS", _pos_float),
+    "notifier_retry_max": ("NOTIFIER_RETRY_MAX_SECONDS", _pos_float),
+    "notifier_delivery_deadline": ("NOTIFIER_DELIVERY_DEADLINE_SECONDS", _pos_float),
+    "notifier_claim_idle": ("NOTIFIER_CLAIM_IDLE_SECONDS", _pos_float),
     "log_level": ("LOG_LEVEL", _level),
 }
 
