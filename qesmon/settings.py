@@ -90,6 +90,7 @@ class Settings:
     snapshot_interval: int = 5
     slow_request_threshold: float = 1.0
     resource_monitoring_interval: float = 30.0
+    resource_monitor: bool = True
     slack_webhook_url: str | None = None
     email_smtp_host: str | None = None
     email_smtp_port: int = 587
@@ -231,6 +232,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "snapshot_interval": ("SNAPSHOT_INTERVAL_SECONDS", int),
     "slow_request_threshold": ("SLOW_REQUEST_THRESHOLD", _pos_float),
     "resource_monitoring_interval": ("RESOURCE_MONITORING_INTERVAL", _pos_float),
+    "resource_monitor": ("RESOURCE_MONITOR", _bool),
     "slack_webhook_url": ("SLACK_WEBHOOK_URL", _str),
     "email_smtp_host": ("EMAIL_SMTP_HOST", _str),
     "email_smtp_port": ("EMAIL_SMTP_PORT", int),
