@@ -36,8 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     pipe.add_argument("-w", "--workers-per-process", type=int, default=1)
     pipe.add_argument("-i", "--process-id", type=int, default=None)
     pipe.add_argument("-a", "--addresses", default=None, help='"host:port;host:port" of processes')
-    pipe.add_argument("-p", "--processes", type=int, default=1,
-                      help="start this many local processes (Bytewax cluster on localhost)")
+    pipe.add_argument(
+        "-p",
+        "--processes",
+        type=int,
+        default=1,
+        help="start this many local processes (Bytewax cluster on localhost)",
+    )
     pipe.add_argument("--recovery-dir", type=Path, default=None)
 
     sub.add_parser("notifier", help="run the notifier (consumer group on the alerts stream)")
@@ -92,7 +97,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from qesmon.migrate import apply_migrations
 
         applied = apply_migrations(settings.database_url)
-        print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+        print(
+            f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
+        )
         return 0
     if command == "pipeline":
         from pipeline.run import main as pipeline_main

@@ -119,6 +119,16 @@ def _all_str(fields: dict[Any, Any]) -> bool:
     return True
 
 
+def _parse_rfc3339(raw: str) -> float:
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise _Invalid(f"ts: {raw[:60]!r} is neither Unix seconds nor an RFC 3339 time") from None
+    if parsed.tzinfo is None:
+        raise _Invalid(f"ts: {raw[:60]!r} has no UTC offset (RFC 3339 needs one)")
+    return parsed.timestamp()
+
+
 def _parse_ts(raw: object, default: float) -> float:
     if raw is None or raw == "":
         return default
@@ -130,15 +140,7 @@ def _parse_ts(raw: object, default: float) -> float:
         try:
             ts = float(raw)
         except ValueError:
-            try:
-                parsed = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
-            except ValueError:
-                raise _Invalid(
-                    f"ts: {raw[:60]!r} is neither Unix seconds nor an RFC 3339 time"
-                ) from None
-            if parsed.tzinfo is None:
-                raise _Invalid(f"ts: {raw[:60]!r} has no UTC offset (RFC 3339 needs one)")
-            ts = parsed.timestamp()
+            ts = _parse_rfc3339(raw)
     else:
         raise _Invalid(f"ts: expected Unix seconds or an RFC 3339 time, got {type(raw).__name__}")
     if not math.isfinite(ts):
@@ -182,11 +184,14 @@ def _check_labels(obj: object) -> tuple[tuple[str, str], ...]:
         raise _Invalid(f"labels: {len(obj)} pairs, at most {MAX_LABELS} allowed")
     for key, value in obj.items():
         if not isinstance(value, str):
-            raise _Invalid(f"labels: value of {key[:50]!r} must be a string, got "
-                           f"{type(value).__name__}")
+            raise _Invalid(
+                f"labels: value of {key[:50]!r} must be a string, got {type(value).__name__}"
+            )
         if len(key) > MAX_LABEL_KEY or not _LABEL_KEY.fullmatch(key):
-            raise _Invalid(f"labels: key {key[:50]!r} must match [a-zA-Z_][a-zA-Z0-9_.-]* "
-                           f"(at most {MAX_LABEL_KEY} chars)")
+            raise _Invalid(
+                f"labels: key {key[:50]!r} must match [a-zA-Z_][a-zA-Z0-9_.-]* "
+                f"(at most {MAX_LABEL_KEY} chars)"
+            )
         if len(value) > MAX_LABEL_VALUE:
             raise _Invalid(f"labels: value of {key!r} is longer than {MAX_LABEL_VALUE} chars")
     return tuple(sorted(obj.items()))
@@ -209,9 +214,7 @@ def _parse_id(field: str, raw: object) -> str | None:
 def _parse_event(obj: Mapping[str, Any], default_ts: float) -> Event:
     if len(obj) > len(FIELDS) or not FIELDS.issuperset(obj):
         unknown = sorted(set(obj) - FIELDS)
-        raise _Invalid(
-            f"unknown field {unknown[0][:50]!r} (allowed: {', '.join(sorted(FIELDS))})"
-        )
+        raise _Invalid(f"unknown field {unknown[0][:50]!r} (allowed: {', '.join(sorted(FIELDS))})")
     version = obj.get("v")
     if version is not None and str(version) != SCHEMA_VERSION:
         raise _Invalid(f"v: schema version {str(version)[:20]!r} is not supported (only 1)")
@@ -246,9 +249,7 @@ def _parse_event(obj: Mapping[str, Any], default_ts: float) -> Event:
     else:
         found = _TYPES.get(raw_type) if isinstance(raw_type, str) else None
         if found is None:
-            raise _Invalid(
-                f"type: {str(raw_type)[:60]!r} is not one of {', '.join(_TYPES)}"
-            )
+            raise _Invalid(f"type: {str(raw_type)[:60]!r} is not one of {', '.join(_TYPES)}")
         mtype = found
     raw_success = obj.get("success")
     if not isinstance(raw_success, str | bool | None):
@@ -299,11 +300,13 @@ def parse_entry(
     except orjson.JSONDecodeError as exc:
         return [], [Rejection(sid, f"events: not valid JSON ({exc})", text)]
     if not isinstance(items, list):
-        return [], [Rejection(sid, f"events: expected a JSON array, got {type(items).__name__}",
-                              text)]
+        return [], [
+            Rejection(sid, f"events: expected a JSON array, got {type(items).__name__}", text)
+        ]
     if len(items) > MAX_BATCH:
-        return [], [Rejection(sid, f"events: {len(items)} events, at most {MAX_BATCH} allowed",
-                              text)]
+        return [], [
+            Rejection(sid, f"events: {len(items)} events, at most {MAX_BATCH} allowed", text)
+        ]
     events: list[Event] = []
     rejections: list[Rejection] = []
     for index, item in enumerate(items):
@@ -312,10 +315,14 @@ def parse_entry(
                 raise _Invalid(f"expected a JSON object, got {type(item).__name__}")
             events.append(_parse_event(item, default_ts))
         except _Invalid as exc:
-            rejections.append(Rejection(
-                sid, f"events[{index}]: {exc}",
-                {"event": orjson.dumps(item).decode(), "index": str(index)}, index,
-            ))
+            rejections.append(
+                Rejection(
+                    sid,
+                    f"events[{index}]: {exc}",
+                    {"event": orjson.dumps(item).decode(), "index": str(index)},
+                    index,
+                )
+            )
     return events, rejections
 
 

@@ -11,7 +11,9 @@ import psycopg
 log = logging.getLogger(__name__)
 
 
-def connect(database_url: str, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+def connect(
+    database_url: str, *, autocommit: bool = False
+) -> psycopg.Connection[tuple[object, ...]]:
     """Open a synchronous connection with the project's session settings."""
     return psycopg.connect(
         database_url,

@@ -85,7 +85,10 @@ def apply_migrations(database_url: str, directory: Path = MIGRATIONS_DIR) -> lis
                 " version text PRIMARY KEY, checksum text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            done: dict[str, str] = {
+                str(v): str(c)
+                for v, c in conn.execute("SELECT version, checksum FROM schema_migrations")
+            }
             for migration in migrations:
                 if migration.version in done:
                     if done[migration.version] != migration.checksum:

@@ -22,7 +22,7 @@ from qesmon.errors import ConfigError
 
 T = TypeVar("T")
 
-_SECRET_WORDS = ("password", "secret", "token", "webhook", "key")
+_SECRET_WORDS = ("password", "secret", "token", "webhook", "routing_key", "api_key", "auth")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -147,13 +147,20 @@ class Settings:
             if urlsplit(url).scheme not in schemes:
                 raise ConfigError(f"{scheme_var} must start with one of {schemes}, got {url!r}")
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,50}", self.key_prefix):
-            raise ConfigError(f"QESMON_KEY_PREFIX {self.key_prefix!r} must be 1-50 of [A-Za-z0-9_.-]")
+            raise ConfigError(
+                f"QESMON_KEY_PREFIX {self.key_prefix!r} must be 1-50 of [A-Za-z0-9_.-]"
+            )
         checks: list[tuple[str, bool]] = [
             ("STREAM_SHARDS must be between 1 and 1024", 1 <= self.stream_shards <= 1024),
             ("API_PORT must be a TCP port", 0 <= self.api_port < 65536),
-            ("PROMETHEUS_METRICS_PORT must be a TCP port", 0 <= self.prometheus_metrics_port < 65536),
-            ("WINDOW_SECONDS must divide 60 (1, 2, 5, 10, 15, 20, 30, 60)",
-             self.window_seconds > 0 and 60 % self.window_seconds == 0),
+            (
+                "PROMETHEUS_METRICS_PORT must be a TCP port",
+                0 <= self.prometheus_metrics_port < 65536,
+            ),
+            (
+                "WINDOW_SECONDS must divide 60 (1, 2, 5, 10, 15, 20, 30, 60)",
+                self.window_seconds > 0 and 60 % self.window_seconds == 0,
+            ),
             ("WATERMARK_WAIT_SECONDS must be >= 0", self.watermark_wait >= 0),
             ("ALLOWED_LATENESS_SECONDS must be >= 0", self.allowed_lateness >= 0),
             ("SNAPSHOT_INTERVAL_SECONDS must be >= 1", self.snapshot_interval >= 1),
@@ -161,8 +168,10 @@ class Settings:
             ("RESOURCE_MONITORING_INTERVAL must be > 0", self.resource_monitoring_interval > 0),
             ("NOTIFIER_TIME_SCALE must be > 0", self.notifier_time_scale > 0),
             ("NOTIFIER_RETRY_BASE_SECONDS must be > 0", self.notifier_retry_base > 0),
-            ("NOTIFIER_RETRY_MAX_SECONDS must be >= NOTIFIER_RETRY_BASE_SECONDS",
-             self.notifier_retry_max >= self.notifier_retry_base),
+            (
+                "NOTIFIER_RETRY_MAX_SECONDS must be >= NOTIFIER_RETRY_BASE_SECONDS",
+                self.notifier_retry_max >= self.notifier_retry_base,
+            ),
             ("NOTIFIER_DELIVERY_DEADLINE_SECONDS must be > 0", self.notifier_delivery_deadline > 0),
             ("NOTIFIER_CLAIM_IDLE_SECONDS must be > 0", self.notifier_claim_idle > 0),
         ]

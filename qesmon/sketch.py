@@ -30,7 +30,9 @@ KLL_K = 200
 HLL_LG_K = 12
 QUANTILES = (0.5, 0.95, 0.99)
 
-_HEADER = struct.Struct("<BqqdddII")  # version, count, errors, sum, min, max, len(values), len(users)
+_HEADER = struct.Struct(
+    "<BqqdddII"
+)  # version, count, errors, sum, min, max, len(values), len(users)
 _VERSION = 1
 _FLAG_KLL = 0x10
 _FLAG_HLL = 0x20
@@ -154,7 +156,7 @@ class Agg:
         if self.users is not None:
             return len(self.users)
         assert self.hll is not None
-        return round(self.hll.get_estimate())
+        return int(self.hll.get_estimate() + 0.5)
 
     def _to_kll(self) -> None:
         sketch = kll_doubles_sketch(KLL_K)
@@ -187,8 +189,16 @@ class Agg:
             assert self.hll is not None
             flags |= _FLAG_HLL
             users_blob = self.hll.serialize_compact()
-        header = _HEADER.pack(flags, self.count, self.errors, self.sum, self.min, self.max,
-                              len(values_blob), len(users_blob))
+        header = _HEADER.pack(
+            flags,
+            self.count,
+            self.errors,
+            self.sum,
+            self.min,
+            self.max,
+            len(values_blob),
+            len(users_blob),
+        )
         return header + values_blob + users_blob
 
     @classmethod
@@ -222,5 +232,7 @@ class Agg:
             setattr(self, name, getattr(other, name))
 
     def __repr__(self) -> str:
-        return (f"Agg(count={self.count}, errors={self.errors}, sum={self.sum}, min={self.min}, "
-                f"max={self.max}, exact={self.exact})")
+        return (
+            f"Agg(count={self.count}, errors={self.errors}, sum={self.sum}, min={self.min}, "
+            f"max={self.max}, exact={self.exact})"
+        )

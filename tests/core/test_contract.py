@@ -43,14 +43,30 @@ def test_minimal_entry_takes_defaults_from_the_entry_id() -> None:
 
 def test_full_entry_with_bytes_fields_as_redis_returns_them() -> None:
     fields = {
-        b"name": b"api_request", b"value": b"0.25", b"type": b"performance",
-        b"ts": b"1699999990.5", b"tenant": b"t-1", b"user": b"u-9",
-        b"labels": b'{"method":"GET","endpoint":"/sign"}', b"success": b"false", b"v": b"1",
+        b"name": b"api_request",
+        b"value": b"0.25",
+        b"type": b"performance",
+        b"ts": b"1699999990.5",
+        b"tenant": b"t-1",
+        b"user": b"u-9",
+        b"labels": b'{"method":"GET","endpoint":"/sign"}',
+        b"success": b"false",
+        b"v": b"1",
     }
     events, rejections = parse_entry(ID.encode(), fields)
     assert rejections == []
-    assert events == [Event("api_request", 0.25, "performance", 1699999990.5, "t-1", "u-9",
-                            (("endpoint", "/sign"), ("method", "GET")), False)]
+    assert events == [
+        Event(
+            "api_request",
+            0.25,
+            "performance",
+            1699999990.5,
+            "t-1",
+            "u-9",
+            (("endpoint", "/sign"), ("method", "GET")),
+            False,
+        )
+    ]
 
 
 def test_rfc3339_timestamps_are_accepted_with_an_offset() -> None:
@@ -101,12 +117,14 @@ def test_rejection_keeps_the_original_fields_for_the_dead_letter_stream() -> Non
 
 
 def test_batch_entry_validates_each_element_on_its_own() -> None:
-    fields = encode_batch([
-        event_dict("a", 1.0, tenant="t", labels={"plan": "pro"}),
-        {"name": "b"},
-        "not an object",
-        event_dict("c", 2.5, type="revenue", success=False, user="u1", ts=NOW - 5),
-    ])
+    fields = encode_batch(
+        [
+            event_dict("a", 1.0, tenant="t", labels={"plan": "pro"}),
+            {"name": "b"},
+            "not an object",
+            event_dict("c", 2.5, type="revenue", success=False, user="u1", ts=NOW - 5),
+        ]
+    )
     events, rejections = parse_entry(ID, fields)
     assert [e.name for e in events] == ["a", "c"]
     assert events[1] == Event("c", 2.5, "revenue", NOW - 5, "", "u1", (), False)
@@ -126,13 +144,15 @@ def test_batch_entry_must_be_alone_a_json_array_and_not_too_long() -> None:
 
 
 def test_batch_elements_reject_wrong_json_types() -> None:
-    fields = encode_batch([
-        {"name": "x", "value": True},
-        {"name": "x", "value": [1]},
-        {"name": 5, "value": 1},
-        {"name": "x", "value": 1, "labels": ["a"]},
-        {"name": "x", "value": 1, "ts": False},
-    ])
+    fields = encode_batch(
+        [
+            {"name": "x", "value": True},
+            {"name": "x", "value": [1]},
+            {"name": 5, "value": 1},
+            {"name": "x", "value": 1, "labels": ["a"]},
+            {"name": "x", "value": 1, "ts": False},
+        ]
+    )
     _, rejections = parse_entry(ID, fields)
     assert [r.error.split(": ", 1)[1] for r in rejections] == [
         "value: expected a number, got bool",
@@ -148,11 +168,27 @@ def test_bad_entry_id_is_a_rejection_not_an_exception() -> None:
 
 
 def test_encode_event_round_trips_through_the_parser() -> None:
-    obj = event_dict("revenue", 49.9, type="revenue", tenant="t1", user="u1",
-                     labels={"plan": "pro", "currency": "EUR"}, success=False, ts=NOW - 1)
+    obj = event_dict(
+        "revenue",
+        49.9,
+        type="revenue",
+        tenant="t1",
+        user="u1",
+        labels={"plan": "pro", "currency": "EUR"},
+        success=False,
+        ts=NOW - 1,
+    )
     event = one(encode_event(obj))
-    assert event == Event("revenue", 49.9, "revenue", NOW - 1, "t1", "u1",
-                          (("currency", "EUR"), ("plan", "pro")), False)
+    assert event == Event(
+        "revenue",
+        49.9,
+        "revenue",
+        NOW - 1,
+        "t1",
+        "u1",
+        (("currency", "EUR"), ("plan", "pro")),
+        False,
+    )
 
 
 _text = st.text(max_size=300)
@@ -161,8 +197,14 @@ _field_values = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["nan", "-inf", "1e400", "", "0x10", "1_000", " 1 ", "true"]),
 )
-_keys = st.one_of(st.sampled_from(sorted({"name", "value", "type", "ts", "tenant", "user",
-                                          "labels", "success", "v", "events"})), _text)
+_keys = st.one_of(
+    st.sampled_from(
+        sorted(
+            {"name", "value", "type", "ts", "tenant", "user", "labels", "success", "v", "events"}
+        )
+    ),
+    _text,
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -181,8 +223,9 @@ def test_hostile_flat_entries_never_raise_and_valid_ones_are_finite(
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8),
-                                                                       children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -204,10 +247,12 @@ def test_hostile_batches_never_raise_and_account_for_every_element(items: list[o
 @given(
     name=st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,50}", fullmatch=True),
     value=st.floats(allow_nan=False, allow_infinity=False),
-    labels=st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True),
-                           st.text(max_size=40), max_size=32),
-    tenant=st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")),
-                   max_size=50),
+    labels=st.dictionaries(
+        st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True), st.text(max_size=40), max_size=32
+    ),
+    tenant=st.text(
+        alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=50
+    ),
 )
 def test_any_valid_event_round_trips(
     name: str, value: float, labels: dict[str, str], tenant: str

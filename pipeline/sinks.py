@@ -1,0 +1,271 @@
+"""Where the dataflow's results go: rollups to TimescaleDB, rejected events to Redis.
+
+:class:`RollupWriter` is the one place that writes ``metric_rollups``: binary COPY into a
+temporary stage, then one ``INSERT ... ON CONFLICT DO UPDATE`` that *replaces* the row, so a
+replay after a crash overwrites instead of adding. When the database is down it waits and
+retries the same batch with backoff — it blocks the worker on purpose, which stops the source
+from reading further (backpressure) — and never drops a batch.
+
+The Bytewax sink classes at the bottom are thin wrappers around the writers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import psycopg
+import redis
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from pipeline.health import PipelineStats
+from qesmon.db import connect
+from qesmon.series import Series, WindowResult
+
+log = logging.getLogger(__name__)
+
+_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS rollup_stage (
+    bucket timestamptz, width_s integer, series_id bigint, count bigint, errors bigint,
+    sum double precision, min double precision, max double precision, p50 double precision,
+    p95 double precision, p99 double precision, distinct_users bigint, sketch bytea
+) ON COMMIT DELETE ROWS
+"""
+_COPY = (
+    "COPY rollup_stage (bucket, width_s, series_id, count, errors, sum, min, max, p50, p95, p99,"
+    " distinct_users, sketch) FROM STDIN (FORMAT BINARY)"
+)
+_COPY_TYPES = [
+    "timestamptz",
+    "int4",
+    "int8",
+    "int8",
+    "int8",
+    "float8",
+    "float8",
+    "float8",
+    "float8",
+    "float8",
+    "float8",
+    "int8",
+    "bytea",
+]
+_UPSERT = """
+INSERT INTO metric_rollups (bucket, width_s, series_id, count, errors, sum, min, max, p50, p95,
+                            p99, distinct_users, sketch, updated_at)
+SELECT bucket, width_s, series_id, count, errors, sum, min, max, p50, p95, p99, distinct_users,
+       sketch, now()
+FROM rollup_stage
+ON CONFLICT (series_id, width_s, bucket) DO UPDATE SET
+    count = EXCLUDED.count, errors = EXCLUDED.errors, sum = EXCLUDED.sum, min = EXCLUDED.min,
+    max = EXCLUDED.max, p50 = EXCLUDED.p50, p95 = EXCLUDED.p95, p99 = EXCLUDED.p99,
+    distinct_users = EXCLUDED.distinct_users, sketch = EXCLUDED.sketch, updated_at = now()
+"""
+_SERIES = """
+INSERT INTO series (name, type, tenant_id, labels) VALUES (%s, %s, %s, %s)
+ON CONFLICT (name, type, tenant_id, labels) DO UPDATE SET name = EXCLUDED.name
+RETURNING id
+"""
+
+
+def retry_forever(
+    what: str, action: Callable[[], None], on_error: Callable[[], None], max_delay: float = 10.0
+) -> None:
+    """Run ``action`` until it succeeds, backing off exponentially on connection errors."""
+    delay = 0.2
+    while True:
+        try:
+            action()
+            return
+        except (
+            psycopg.OperationalError,
+            psycopg.InterfaceError,
+            redis.ConnectionError,
+            redis.TimeoutError,
+            OSError,
+        ) as exc:
+            log.warning(
+                "%s failed (%s); retrying in %.1f s",
+                what,
+                str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
+                delay,
+            )
+            on_error()
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
+class RollupWriter:
+    """Idempotent batch writer of window results into ``metric_rollups``."""
+
+    def __init__(
+        self, database_url: str, *, wait: float = 0.0, stats: PipelineStats | None = None
+    ) -> None:
+        self.database_url = database_url
+        self.wait = wait
+        self.stats = stats
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._series_ids: dict[Series, int] = {}
+
+    def write(self, results: Iterable[WindowResult]) -> None:
+        latest: dict[tuple[Series, int, float], WindowResult] = {}
+        for result in results:
+            latest[(result.series, result.width_s, result.start)] = result
+        if not latest:
+            return
+        batch = list(latest.values())
+        started = time.perf_counter()
+        retry_forever("writing rollups", lambda: self._write(batch), self._reset)
+        done = time.time()
+        if self.stats is not None:
+            self.stats.incr("sink_rows_total", len(batch))
+            self.stats.set_gauge("sink_batch_seconds", time.perf_counter() - started)
+            for result in batch:
+                if result.revision == 0 and result.width_s == batch[0].width_s:
+                    self.stats.record_close_delay(done - (result.end + self.wait))
+
+    def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.database_url)
+            self._conn.execute(_STAGE)
+            self._conn.commit()
+        return self._conn
+
+    def _reset(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
+
+    def _write(self, batch: Sequence[WindowResult]) -> None:
+        conn = self._connection()
+        ids = self._resolve_series(conn, {r.series for r in batch})
+        with conn.cursor() as cur:
+            with cur.copy(_COPY) as copy:
+                copy.set_types(_COPY_TYPES)
+                for r in batch:
+                    agg = r.agg
+                    p50, p95, p99 = agg.quantiles()
+                    copy.write_row(
+                        (
+                            datetime.fromtimestamp(r.start, UTC),
+                            r.width_s,
+                            ids[r.series],
+                            agg.count,
+                            agg.errors,
+                            agg.sum,
+                            agg.min,
+                            agg.max,
+                            p50,
+                            p95,
+                            p99,
+                            agg.distinct_users(),
+                            agg.to_bytes(),
+                        )
+                    )
+            cur.execute(_UPSERT)
+        conn.commit()
+
+    def _resolve_series(
+        self, conn: psycopg.Connection[tuple[Any, ...]], wanted: set[Series]
+    ) -> dict[Series, int]:
+        missing = [s for s in wanted if s not in self._series_ids]
+        if missing:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    _SERIES,
+                    [
+                        (s.name, s.type, s.tenant, orjson.dumps(dict(s.labels)).decode())
+                        for s in missing
+                    ],
+                    returning=True,
+                )
+                for series in missing:
+                    row = cur.fetchone()
+                    assert row is not None
+                    self._series_ids[series] = int(row[0])
+                    cur.nextset()
+            conn.commit()
+        return self._series_ids
+
+    def close(self) -> None:
+        self._reset()
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """An entry or event that was not counted, and why (kind: ``invalid`` or ``late``)."""
+
+    source_id: str
+    error: str
+    kind: str
+    fields: dict[str, str]
+
+
+class DeadLetterWriter:
+    """Appends dead letters to the ``qes:metrics:dead`` stream (capped, oldest dropped)."""
+
+    def __init__(self, redis_url: str, stream: str, *, maxlen: int = 1_000_000) -> None:
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=10)
+        self.stream = stream
+        self.maxlen = maxlen
+
+    def write(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+
+        def push() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for letter in letters:
+                fields = dict(letter.fields)
+                fields.update(error=letter.error, source_id=letter.source_id, kind=letter.kind)
+                pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            pipe.execute()
+
+        retry_forever("writing dead letters", push, lambda: None)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _WriterPartition(StatelessSinkPartition[list[Any]]):
+    def __init__(self, write: Callable[[list[Any]], None], close: Callable[[], None]) -> None:
+        self._write = write
+        self._close = close
+
+    def write_batch(self, items: list[list[Any]]) -> None:
+        self._write([x for batch in items for x in batch])
+
+    def close(self) -> None:
+        self._close()
+
+
+class RollupSink(DynamicSink[list[WindowResult]]):
+    """Bytewax sink: lists of window results -> :class:`RollupWriter` (one per worker)."""
+
+    def __init__(self, database_url: str, wait: float, stats: PipelineStats | None) -> None:
+        self.database_url = database_url
+        self.wait = wait
+        self.stats = stats
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _WriterPartition:
+        writer = RollupWriter(self.database_url, wait=self.wait, stats=self.stats)
+        return _WriterPartition(writer.write, writer.close)
+
+
+class DeadLetterSink(DynamicSink[list[DeadLetter]]):
+    """Bytewax sink: lists of dead letters -> :class:`DeadLetterWriter`."""
+
+    def __init__(self, redis_url: str, stream: str) -> None:
+        self.redis_url = redis_url
+        self.stream = stream
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _WriterPartition:
+        writer = DeadLetterWriter(self.redis_url, self.stream)
+        return _WriterPartition(writer.write, writer.close)
