@@ -1,0 +1,126 @@
+"""Email over SMTP submission: STARTTLS (or implicit TLS on 465), AUTH, text + HTML.
+
+Uses :mod:`aiosmtplib`. The message is ``multipart/alternative`` with a plain-text part
+(``templates/email/<event>.txt.j2``) and an HTML part (``<event>.html.j2``, autoescaped); the
+subject comes from ``<event>.subject.j2``. SMTP 4xx replies and connection or TLS failures
+are retried; 5xx replies (bad credentials, refused recipients, size) are not.
+``starttls: true`` (the default) refuses to send if the server does not offer STARTTLS.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Any
+
+import aiosmtplib
+
+from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
+from qesmon.settings import Settings
+
+
+@register
+class Email(Channel):
+    name = "email"
+    secret_fields = frozenset({"password"})
+    kinds = frozenset({"firing", "repeat", "escalated", "acknowledged", "resolved", "test"})
+
+    @classmethod
+    def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        f = Fields(cls.name, config)
+        f.text("smtp_host", required=True)
+        port = f.number("smtp_port", 587, lo=1, hi=65535)
+        user = f.text("username")
+        password = f.text("password")
+        if bool(user) != bool(password):
+            raise f.fail(
+                "password" if user else "username",
+                "username and password go together (both or neither)",
+            )
+        sender = f.text("from", required=True)
+        if sender and "@" not in sender:
+            raise f.fail("from", f"{sender!r} is not an email address")
+        for addr in f.str_list("to", required=True):
+            if "@" not in addr:
+                raise f.fail("to", f"{addr!r} is not an email address")
+        tls = f.flag("tls", port == 465)
+        starttls = f.flag("starttls", not tls)
+        if tls and starttls:
+            raise f.fail("starttls", "cannot be combined with tls (implicit TLS)")
+        f.text("ca_file")
+        f.flag("validate_certs", True)
+        f.number("timeout", 10.0, lo=0.1, hi=120)
+        return f.done()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> dict[str, Any] | None:
+        if not (settings.email_smtp_host and settings.email_from and settings.email_to):
+            return None
+        config: dict[str, Any] = {
+            "smtp_host": settings.email_smtp_host,
+            "smtp_port": settings.email_smtp_port,
+            "from": settings.email_from,
+            "to": settings.email_to,
+        }
+        if settings.email_smtp_user:
+            config["username"] = settings.email_smtp_user
+            config["password"] = settings.email_smtp_password
+        return config
+
+    def build(self, message: Message, env: SendEnv) -> EmailMessage:
+        """The MIME message: Subject/From/To/Date/Message-ID, text then HTML alternative."""
+        context = message.context()
+        render = env.renderer.render
+        subject = render(self.name, message.kind, "subject", context, message.template_set)
+        text = render(self.name, message.kind, "txt", context, message.template_set)
+        html = render(self.name, message.kind, "html", context, message.template_set)
+        msg = EmailMessage()
+        msg["Subject"] = " ".join(subject.split())[:250]
+        msg["From"] = self.config["from"]
+        msg["To"] = ", ".join(self.config["to"])
+        msg["Date"] = formatdate(env.clock.now(), usegmt=True)
+        msg["Message-ID"] = make_msgid(domain=self.config["from"].rsplit("@", 1)[-1])
+        msg["X-Qesmon-Event"] = message.kind
+        msg.set_content(text + "\n", cte="quoted-printable")
+        msg.add_alternative(html + "\n", subtype="html", cte="quoted-printable")
+        return msg
+
+    async def send(self, message: Message, env: SendEnv) -> SendResult:
+        config = self.resolved(env.environ)
+        msg = self.build(message, env)
+        context = ssl.create_default_context(cafile=config.get("ca_file"))
+        if not config.get("validate_certs", True):
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        try:
+            errors, reply = await aiosmtplib.send(
+                msg,
+                hostname=config["smtp_host"],
+                port=int(config.get("smtp_port", 587)),
+                username=config.get("username"),
+                password=config.get("password"),
+                use_tls=config.get("tls", False),
+                start_tls=bool(config.get("starttls", True)),
+                tls_context=context,
+                timeout=config.get("timeout", 10.0),
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [e.code for e in exc.recipients]
+            raise self.error(
+                "recipients refused: "
+                + "; ".join(f"{e.recipient}: {e.code}" for e in exc.recipients),
+                status=max(codes),
+                retryable=all(400 <= c < 500 for c in codes),
+            ) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            raise self.error(
+                f"SMTP {exc.code}: {exc.message}", status=exc.code, retryable=400 <= exc.code < 500
+            ) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise self.error(f"SMTP failed: {type(exc).__name__}: {exc}", retryable=True) from None
+        if errors:
+            refused = "; ".join(f"{r}: {c}" for r, (c, _) in errors.items())
+            raise self.error(f"some recipients refused: {refused}", status=550, retryable=False)
+        return SendResult(250, reply.split("\n")[0][:200])

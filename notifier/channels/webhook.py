@@ -1,0 +1,138 @@
+"""Generic webhook: ``POST <url>`` with custom headers and an Alertmanager-compatible body.
+
+``format: alertmanager`` (default) sends Alertmanager's webhook payload version 4, so any
+receiver written for Alertmanager (Alerta, bridges) takes our alerts unchanged;
+``format: qesmon`` sends ``{"event", "status", "title", "message", "alerts": [...]}`` with
+``message`` rendered from ``templates/webhook/<event>.txt.j2``. Every request carries
+``Idempotency-Key`` (the same for a retry or a re-send after a crash), so a receiver can drop
+duplicates. Header values are secrets (they usually hold tokens) and are masked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
+from qesmon.settings import Settings
+
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def idempotency_key(message: Message) -> str:
+    """Stable for one message: a hash of its notification keys."""
+    return hashlib.sha256("\n".join(sorted(message.keys)).encode()).hexdigest()[:32]
+
+
+def am_labels(alert: Mapping[str, Any]) -> dict[str, str]:
+    """Alertmanager labels of an alert: ``alertname``, ``severity``, ``tenant``, its labels."""
+    labels = {
+        "alertname": str(alert["rule_name"]),
+        "severity": str(alert["severity"]),
+        "rule_id": str(alert["rule_id"]),
+    }
+    if alert.get("tenant"):
+        labels["tenant"] = str(alert["tenant"])
+    labels.update({str(k): str(v) for k, v in alert.get("labels", {}).items()})
+    return labels
+
+
+def am_alert(alert: Mapping[str, Any], resolved: bool) -> dict[str, Any]:
+    """One alert in Alertmanager's webhook v4 shape."""
+    return {
+        "status": "resolved" if resolved else "firing",
+        "labels": am_labels(alert),
+        "annotations": {str(k): str(v) for k, v in alert.get("annotations", {}).items()},
+        "startsAt": alert.get("fired_at") or alert["at"],
+        "endsAt": (alert.get("resolved_at") or alert["at"]) if resolved else GO_ZERO_TIME,
+        "generatorURL": alert.get("generator_url", ""),
+        "fingerprint": alert["fingerprint"],
+    }
+
+
+def alertmanager_v4(message: Message, receiver: str, max_alerts: int = 0) -> dict[str, Any]:
+    """Alertmanager's webhook payload (version 4) for a message."""
+    resolved = message.kind == "resolved"
+    alerts = [am_alert(a, resolved) for a in message.alerts]
+    truncated = 0
+    if max_alerts and len(alerts) > max_alerts:
+        truncated = len(alerts) - max_alerts
+        alerts = alerts[:max_alerts]
+    label_sets = [a["labels"] for a in alerts]
+    common = dict(label_sets[0]) if label_sets else {}
+    for labels in label_sets[1:]:
+        common = {k: v for k, v in common.items() if labels.get(k) == v}
+    annotation_sets = [a["annotations"] for a in alerts]
+    common_ann = dict(annotation_sets[0]) if annotation_sets else {}
+    for ann in annotation_sets[1:]:
+        common_ann = {k: v for k, v in common_ann.items() if ann.get(k) == v}
+    group_labels = dict(part.split("=", 1) for part in message.group_key.split(",") if "=" in part)
+    return {
+        "version": "4",
+        "groupKey": "{}:{" + message.group_key + "}",
+        "truncatedAlerts": truncated,
+        "status": "resolved" if resolved else "firing",
+        "receiver": receiver,
+        "groupLabels": group_labels,
+        "commonLabels": common,
+        "commonAnnotations": common_ann,
+        "externalURL": "",
+        "notification_reason": message.kind,
+        "alerts": alerts,
+    }
+
+
+@register
+class Webhook(Channel):
+    name = "webhook"
+    secret_fields = frozenset({"url", "headers"})
+
+    @classmethod
+    def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        f = Fields(cls.name, config)
+        f.url("url", required=True)
+        headers = f.str_map("headers")
+        for name in headers:
+            if not name or any(c in name for c in " :\r\n"):
+                raise f.fail("headers", f"{name!r} is not a valid header name")
+        f.choice("format", ("alertmanager", "qesmon"), "alertmanager")
+        f.number("max_alerts", 0, lo=0, hi=10000)
+        f.number("timeout", 10.0, lo=0.1, hi=120)
+        return f.done()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> dict[str, Any] | None:
+        if not settings.webhook_url:
+            return None
+        return {"url": settings.webhook_url}
+
+    def payload(self, message: Message, env: SendEnv) -> dict[str, Any]:
+        if self.config.get("format", "alertmanager") == "alertmanager":
+            return alertmanager_v4(message, self.name, int(self.config.get("max_alerts", 0)))
+        context = message.context()
+        return {
+            "event": message.kind,
+            "status": context["status"],
+            "title": context["title"],
+            "message": env.renderer.render(
+                self.name, message.kind, "txt", context, message.template_set
+            ),
+            "alerts": list(message.alerts),
+        }
+
+    async def send(self, message: Message, env: SendEnv) -> SendResult:
+        config = self.resolved(env.environ)
+        headers = {
+            "User-Agent": "qes-monitoring-notifier",
+            **config.get("headers", {}),
+            "Idempotency-Key": idempotency_key(message),
+        }
+        status, _ = await self.post(
+            env.session,
+            config["url"],
+            json_body=self.payload(message, env),
+            headers=headers,
+            timeout=config.get("timeout", 10.0),
+        )
+        return SendResult(status)
