@@ -1,0 +1,215 @@
+"""The aiohttp application: app factory, shared resources, error middleware and ``main``.
+
+Shared resources live under typed :class:`aiohttp.web.AppKey`s, each created and closed in one
+``cleanup_ctx`` generator: the TimescaleDB pool (:data:`POOL`), the Redis client
+(:data:`REDIS`), the outbound HTTP session (:data:`HTTP`), the exporter's snapshot refresher
+and the psutil resource monitor (background tasks)::
+
+    app = create_app(settings)              # nothing connects until the app starts
+    web.run_app(app, port=settings.api_port)
+
+:func:`main` (``qesmon api``) serves the API on ``API_PORT`` and the Prometheus exporter on
+``PROMETHEUS_METRICS_PORT`` in the same process and stops cleanly on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import psycopg
+import redis.asyncio as aioredis
+import redis.exceptions
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from api.auth import KeyCache
+from api.store import HourCache
+from qesmon.errors import ApiError
+from qesmon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", AsyncConnectionPool)
+REDIS = web.AppKey("redis", aioredis.Redis)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+HOURS = web.AppKey("hour_cache", HourCache)
+KEYS = web.AppKey("key_cache", KeyCache)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class ServiceUnavailable(ApiError):
+    """A backing service (TimescaleDB, Redis) did not answer; the request may be retried."""
+
+    status = 503
+    code = "unavailable"
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every failure to ``{"error": {"code", "message"}}``; never show a stack trace."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.reason
+        if exc.status == 405:
+            allowed = sorted(getattr(exc, "allowed_methods", ()) or ())
+            message = f"method {request.method} is not allowed here (allowed: {', '.join(allowed)})"
+        elif exc.status == 413:
+            message = f"request body is larger than {MAX_BODY_BYTES} bytes"
+        elif exc.status == 404:
+            message = f"no such resource: {request.path[:200]}"
+        response = error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message)
+        for header in ("Allow",):
+            if header in exc.headers:
+                response.headers[header] = exc.headers[header]
+        return response
+    except (
+        PoolTimeout,
+        psycopg.OperationalError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+    ) as exc:
+        log.warning("%s %s: backing service unavailable: %s", request.method, request.path, exc)
+        return error_response(
+            503, "unavailable", "a backing service (database or Redis) is unavailable; retry later"
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "internal_error", "internal error; it has been logged")
+
+
+async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=8,
+        open=False,
+        timeout=5.0,
+        kwargs={
+            "autocommit": True,
+            "application_name": "qesmon-api",
+            "options": "-c timezone=UTC",
+            "connect_timeout": 5,
+        },
+    )
+    # wait=False: the API starts (and /health says why it is unhealthy) with the DB down
+    await pool.open(wait=False)
+    app[POOL] = pool
+    yield
+    await pool.close()
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    client = aioredis.Redis.from_url(
+        app[SETTINGS].redis_url, socket_timeout=5.0, socket_connect_timeout=5.0
+    )
+    app[REDIS] = client
+    yield
+    await client.aclose()
+
+
+async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+    app[HTTP] = session
+    yield
+    await session.close()
+
+
+async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
+    from qesmon.monitor import ResourceMonitor
+
+    settings = app[SETTINGS]
+    monitor = ResourceMonitor(settings, app[REDIS])
+    task = asyncio.create_task(monitor.run(), name="resource-monitor")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await monitor.close()
+
+
+def create_app(settings: Settings, *, monitor: bool | None = None) -> web.Application:
+    """Build the API application; ``monitor`` overrides ``settings.resource_monitor``."""
+    from api.exporter import exporter_ctx
+    from api.routes import add_routes
+
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS] = settings
+    app[HOURS] = HourCache()
+    app[KEYS] = KeyCache()
+    app.cleanup_ctx.extend([_pool_ctx, _redis_ctx, _http_ctx, exporter_ctx])
+    if settings.resource_monitor if monitor is None else monitor:
+        app.cleanup_ctx.append(_monitor_ctx)
+    add_routes(app)
+    return app
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the API and the exporter until ``stop`` is set."""
+    from api.exporter import create_exporter_app
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    exporter = web.AppRunner(create_exporter_app(app), access_log=None)
+    await exporter.setup()
+    try:
+        await web.TCPSite(runner, settings.api_host, settings.api_port).start()
+        await web.TCPSite(exporter, settings.api_host, settings.prometheus_metrics_port).start()
+        log.info(
+            "API on http://%s:%d/api/v1/, exporter on http://%s:%d/metrics",
+            settings.api_host,
+            settings.api_port,
+            settings.api_host,
+            settings.prometheus_metrics_port,
+        )
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await exporter.cleanup()
+        await runner.cleanup()
+
+
+def main(settings: Settings) -> int:
+    """``qesmon api``: serve until SIGTERM or SIGINT, then close everything and return 0."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(run())
+    return 0

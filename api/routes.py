@@ -1,0 +1,319 @@
+"""The route table and its handlers: thin glue between HTTP, auth, validation and the reports.
+
+:data:`ROUTES` is the single list of (method, path, handler, policy); ``api/openapi.py``
+documents exactly these (a test checks both ways).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from api import alerts as alert_store
+from api import business, dashboard, health, params, performance
+from api.app import HOURS, HTTP, KEYS, POOL, REDIS, SETTINGS, ServiceUnavailable
+from api.auth import authenticate, authorize, scoped_tenant
+from api.keys import Principal
+from api.openapi import document
+from qesmon.contract import encode_event, event_dict, parse_entry
+from qesmon.errors import BadRequest, ChannelError, NotFound
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+PREFIX = "/api/v1/metrics"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    policy: str
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _principal(request: web.Request) -> Principal | None:
+    return request.get(PRINCIPAL)
+
+
+def _guard(handler: Handler, policy: str) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        if policy != "public":
+            app = request.app
+            principal = await authenticate(
+                request.headers.get("Authorization"), app[POOL], app[KEYS]
+            )
+            authorize(principal, policy)
+            request[PRINCIPAL] = principal
+        return await handler(request)
+
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise BadRequest("body: send JSON with Content-Type: application/json", "invalid_body")
+    raw = await request.read()
+    try:
+        return params.body_object(orjson.loads(raw))
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body: not valid JSON ({exc})", "invalid_body") from None
+
+
+# -- reports -------------------------------------------------------------------------------
+
+
+async def get_dashboard(request: web.Request) -> web.StreamResponse:
+    q = request.query
+    params.only_known(q, ("days", "tenant_id"))
+    days = params.integer(q, "days", 7, 1, 365)
+    tenant = scoped_tenant(_principal(request), params.text(q, "tenant_id"))
+    app = request.app
+    async with app[POOL].connection() as conn:
+        data = await dashboard.build(
+            conn,
+            app[HOURS],
+            tenant=tenant,
+            days=days,
+            now=time.time(),
+            slow_threshold=app[SETTINGS].slow_request_threshold,
+        )
+    return _json(data)
+
+
+async def get_business_intelligence(request: web.Request) -> web.StreamResponse:
+    q = request.query
+    params.only_known(q, ("days", "tenant_id"))
+    days = params.integer(q, "days", 30, 1, 365)
+    tenant = scoped_tenant(_principal(request), params.text(q, "tenant_id"))
+    async with request.app[POOL].connection() as conn:
+        data = await business.build(
+            conn, request.app[HOURS], tenant=tenant, days=days, now=time.time()
+        )
+    return _json(data)
+
+
+async def get_performance(request: web.Request) -> web.StreamResponse:
+    q = request.query
+    params.only_known(q, ("hours", "tenant_id"))
+    hours = params.integer(q, "hours", 24, 1, 24 * 31)
+    tenant = scoped_tenant(_principal(request), params.text(q, "tenant_id"))
+    app = request.app
+    async with app[POOL].connection() as conn:
+        data = await performance.build(
+            conn,
+            app[HOURS],
+            tenant=tenant,
+            hours=hours,
+            now=time.time(),
+            slow_threshold=app[SETTINGS].slow_request_threshold,
+        )
+    return _json(data)
+
+
+# -- recording -----------------------------------------------------------------------------
+
+_RECORD_FIELDS = {
+    "name": "name",
+    "value": "value",
+    "type": "type",
+    "metric_type": "type",
+    "tenant": "tenant",
+    "tenant_id": "tenant",
+    "user": "user",
+    "user_id": "user",
+    "labels": "labels",
+    "ts": "ts",
+    "timestamp": "ts",
+    "success": "success",
+}
+
+
+async def post_record(request: web.Request) -> web.StreamResponse:
+    """Validate one event with the contract parser and XADD it like the SDK would."""
+    params.only_known(request.query, ())
+    body = await _body(request)
+    event: dict[str, Any] = {}
+    for key, value in body.items():
+        target = _RECORD_FIELDS.get(key)
+        if target is None:
+            raise BadRequest(
+                f"body: unknown field {key[:50]!r} (allowed: {', '.join(sorted(_RECORD_FIELDS))})",
+                "invalid_event",
+            )
+        if target in event:
+            raise BadRequest(f"body: {key!r} given twice (with its alias)", "invalid_event")
+        if value is not None:
+            event[target] = value
+    for required in ("name", "value"):
+        if required not in event:
+            raise BadRequest(f"{required}: missing", "invalid_event")
+    tenant_value = event.get("tenant")
+    if tenant_value is not None and not isinstance(tenant_value, str):
+        raise BadRequest("tenant: expected a string", "invalid_event")
+    tenant = scoped_tenant(_principal(request), tenant_value)
+    if tenant is not None:
+        event["tenant"] = tenant
+    if "success" in event and not isinstance(event["success"], bool):
+        raise BadRequest("success: expected true or false", "invalid_event")
+    fields = encode_event(event_dict(**{"type": "custom", **event}))
+    _, rejected = parse_entry(f"{int(time.time() * 1000)}-0", fields)
+    if rejected:
+        raise BadRequest(rejected[0].error, "invalid_event")
+    streams = request.app[SETTINGS].streams.metrics
+    stream = streams[zlib.crc32((tenant or "").encode()) % len(streams)]
+    entry_id = await request.app[REDIS].xadd(stream, fields)  # type: ignore[arg-type]
+    return _json(
+        {
+            "accepted": True,
+            "stream": stream,
+            "id": entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+        },
+        status=202,
+    )
+
+
+# -- health --------------------------------------------------------------------------------
+
+
+async def health_check(request: web.Request) -> web.StreamResponse:
+    params.only_known(request.query, ())
+    app = request.app
+    healthy, report = await health.check(app[SETTINGS], app[REDIS], app[POOL])
+    return _json(report, status=200 if healthy else 503)
+
+
+# -- alerts --------------------------------------------------------------------------------
+
+
+def _actions() -> Any:
+    """The notifier's alert actions (``notifier/actions.py``)."""
+    try:
+        return importlib.import_module("notifier.actions")
+    except ImportError:
+        raise ServiceUnavailable(
+            "alert actions are not installed (notifier.actions missing)", "not_available"
+        ) from None
+
+
+async def get_alerts(request: web.Request) -> web.StreamResponse:
+    q = request.query
+    params.only_known(q, ("active_only", "tenant_id", "limit"))
+    active_only = params.boolean(q, "active_only", True)
+    limit = params.integer(q, "limit", 100, 1, 1000)
+    tenant = scoped_tenant(_principal(request), params.text(q, "tenant_id"))
+    async with request.app[POOL].connection() as conn:
+        total, items = await alert_store.list_alerts(
+            conn, tenant=tenant, active_only=active_only, limit=limit
+        )
+    return _json({"tenant_id": tenant, "active_only": active_only, "count": total, "alerts": items})
+
+
+async def _alert_for_action(request: web.Request) -> tuple[int, Principal]:
+    params.only_known(request.query, ())
+    alert_id = params.path_id(request.match_info["alert_id"], "alert_id")
+    principal = _principal(request)
+    assert principal is not None
+    async with request.app[POOL].connection() as conn:
+        owner = await alert_store.alert_tenant(conn, alert_id)
+    if owner is None or (principal.tenant is not None and owner != principal.tenant):
+        raise NotFound(f"alert {alert_id} does not exist", "alert_not_found")
+    return alert_id, principal
+
+
+async def post_acknowledge(request: web.Request) -> web.StreamResponse:
+    alert_id, principal = await _alert_for_action(request)
+    app = request.app
+    result = await _actions().acknowledge_alert(app[POOL], app[SETTINGS], alert_id, principal.label)
+    return _json(result)
+
+
+async def post_resolve(request: web.Request) -> web.StreamResponse:
+    alert_id, principal = await _alert_for_action(request)
+    app = request.app
+    result = await _actions().resolve_alert(app[POOL], app[SETTINGS], alert_id, principal.label)
+    return _json(result)
+
+
+async def post_configure(request: web.Request) -> web.StreamResponse:
+    params.only_known(request.query, ())
+    body = await _body(request)
+    unknown = sorted(set(body) - {"channel", "enabled", "config"})
+    if unknown:
+        raise BadRequest(
+            f"body: unknown field {unknown[0][:50]!r} (allowed: channel, enabled, config)",
+            "invalid_body",
+        )
+    channel = body.get("channel")
+    if not isinstance(channel, str) or not channel:
+        raise BadRequest("channel: required, a channel name such as 'slack'", "invalid_body")
+    enabled = body.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise BadRequest("enabled: expected true or false", "invalid_body")
+    config = body.get("config", {})
+    if not isinstance(config, dict):
+        raise BadRequest("config: expected a JSON object", "invalid_body")
+    actions = _actions()
+    app = request.app
+    try:
+        checked = actions.validate_channel_config(channel, config)
+        result = await actions.configure_channel(
+            app[POOL], app[SETTINGS], channel, enabled, checked
+        )
+    except ChannelError as exc:
+        raise BadRequest(str(exc), "invalid_channel_config") from None
+    return _json(result)
+
+
+async def post_test(request: web.Request) -> web.StreamResponse:
+    q = request.query
+    params.only_known(q, ("channel",))
+    channel = params.text(q, "channel", max_len=50)
+    if channel is None:
+        raise BadRequest("channel: required, e.g. ?channel=slack", "invalid_parameter")
+    app = request.app
+    try:
+        result = await _actions().send_test(app[POOL], app[SETTINGS], app[HTTP], channel)
+    except ChannelError as exc:
+        raise BadRequest(str(exc), "invalid_channel") from None
+    return _json(result)
+
+
+# -- the document ------------------------------------------------------------------------
+
+
+async def get_openapi(request: web.Request) -> web.StreamResponse:
+    return _json(document())
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", f"{PREFIX}/dashboard", get_dashboard, "viewer"),
+    Route("GET", f"{PREFIX}/business-intelligence", get_business_intelligence, "viewer"),
+    Route("GET", f"{PREFIX}/performance", get_performance, "viewer"),
+    Route("POST", f"{PREFIX}/record", post_record, "admin"),
+    Route("GET", f"{PREFIX}/health", health_check, "public"),
+    Route("POST", f"{PREFIX}/health", health_check, "public"),
+    Route("GET", f"{PREFIX}/alerts", get_alerts, "viewer"),
+    Route("POST", f"{PREFIX}/alerts/{{alert_id}}/acknowledge", post_acknowledge, "viewer"),
+    Route("POST", f"{PREFIX}/alerts/{{alert_id}}/resolve", post_resolve, "viewer"),
+    Route("POST", f"{PREFIX}/alerts/configure", post_configure, "admin"),
+    Route("POST", f"{PREFIX}/alerts/test", post_test, "admin"),
+    Route("GET", "/api/v1/openapi.json", get_openapi, "public"),
+)
+
+
+def add_routes(app: web.Application) -> None:
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, _guard(route.handler, route.policy))
