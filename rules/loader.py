@@ -2,8 +2,8 @@
 its ``file:line``.
 
 A file holds one rule (a mapping with ``id``), a list of rules, or a mapping with a ``rules:``
-list; several YAML documents (``---``) may follow each other. Files whose top-level key is
-``escalation_policies`` belong to the notifier and are skipped. A rule::
+list; several YAML documents (``---``) may follow each other. Files whose top level has the
+key ``escalation_policies`` or ``routing`` belong to the notifier and are skipped. A rule::
 
     id: high_error_rate                # [A-Za-z0-9_.:-], unique over all files
     name: High error rate              # default: the id
@@ -72,8 +72,9 @@ from rules.model import (
     parse_duration,
 )
 
-#: top-level key of the notifier's escalation policy files, which the rule loader skips
-ESCALATION_KEY = "escalation_policies"
+#: top-level keys of the notifier's files (escalation policies, routing), which the rule
+#: loader skips; see notifier/policy.py
+NOTIFIER_KEYS = ("escalation_policies", "routing")
 RULE_SUFFIXES = (".yaml", ".yml")
 RULE_FIELDS = frozenset({
     "id", "name", "severity", "metric", "group_by", "condition", "threshold", "for", "window",
@@ -298,9 +299,10 @@ class _FileParser:
             return list(doc.value)
         if isinstance(doc, yaml.MappingNode):
             keys = {getattr(k, "value", None): (k, v) for k, v in doc.value}
-            if ESCALATION_KEY in keys:
+            notifier_keys = [k for k in NOTIFIER_KEYS if k in keys]
+            if notifier_keys:
                 if "rules" in keys:
-                    self.error(keys["rules"][0], f"a file with {ESCALATION_KEY!r} (for the "
+                    self.error(keys["rules"][0], f"a file with {notifier_keys[0]!r} (for the "
                                "notifier) must not also hold rules")
                 return None
             if "rules" in keys:
