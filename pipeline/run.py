@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,10 +31,19 @@ log = logging.getLogger(__name__)
 
 
 def prepare_recovery(directory: Path, partitions: int) -> RecoveryConfig:
-    """Create the recovery partitions once; later runs reuse (and resume from) them."""
+    """Create the recovery partitions once; later runs reuse (and resume from) them.
+
+    They are created in a scratch directory renamed into place, so a crash during creation
+    never leaves a half-made store that Bytewax would refuse to resume from.
+    """
     if not any(directory.glob("part-*.sqlite3")):
-        directory.mkdir(parents=True, exist_ok=True)
-        init_db_dir(directory, partitions)
+        if directory.exists():
+            directory.rmdir()  # empty: nothing to lose; refuses if anything else is in it
+        scratch = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        init_db_dir(scratch, partitions)
+        scratch.rename(directory)
         log.info("created %d recovery partition(s) in %s", partitions, directory)
     return RecoveryConfig(directory)
 

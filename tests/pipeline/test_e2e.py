@@ -1,0 +1,232 @@
+"""The pipeline as a real process on the real Redis and TimescaleDB.
+
+Exactness against an independently computed ground truth; SIGKILL at random moments; the
+database cut off; Redis restarted; the idle watermark; late updates and late events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from qesmon.settings import Settings
+from tests.pipeline import workload as wl
+from tests.support.faults import PrivateRedis, TcpProxy
+from tests.support.processes import QesmonProcess, settings_env, wait_for
+
+WAIT = 2.0
+LATENESS = 30.0
+
+
+@pytest.fixture
+def psettings(settings: Settings, tmp_path: Path) -> Settings:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    return dataclasses.replace(
+        settings,
+        watermark_wait=WAIT,
+        allowed_lateness=LATENESS,
+        snapshot_interval=1,
+        rules_dir=rules,
+    )
+
+
+def pipeline(settings: Settings, tmp_path: Path, **env: str) -> QesmonProcess:
+    return QesmonProcess(
+        ["pipeline", "--recovery-dir", str(tmp_path / "recovery")],
+        settings_env(settings, **env),
+        tmp_path / "pipeline.log",
+    )
+
+
+@pytest.fixture
+def running(psettings: Settings, tmp_path: Path) -> Iterator[QesmonProcess]:
+    proc = pipeline(psettings, tmp_path).start()
+    yield proc
+    proc.stop()
+
+
+def dead_letters(client: redis.Redis, settings: Settings) -> list[dict[str, str]]:
+    return [fields for _, fields in client.xrange(settings.streams.dead)]  # type: ignore[union-attr]
+
+
+def settle(
+    settings: Settings, expected_rows: int, proc: QesmonProcess, timeout: float = 60
+) -> dict[tuple[wl.SeriesKey, int, int], dict[str, float]]:
+    """Wait until every expected window is stored (and the process is still alive)."""
+
+    def done() -> dict[tuple[wl.SeriesKey, int, int], dict[str, float]] | None:
+        assert proc.alive(), proc.log()
+        rows = wl.fetch_rollups(settings.database_url)
+        return rows if len(rows) >= expected_rows else None
+
+    return wait_for(done, timeout, f"{expected_rows} rollup rows", interval=0.3)
+
+
+def test_rollups_equal_an_independent_ground_truth(
+    psettings: Settings, redis_client: redis.Redis, running: QesmonProcess
+) -> None:
+    work = wl.generate(6000, seed=11, span_s=900)
+    stream = psettings.streams.metrics[0]
+    wl.push(redis_client, stream, work.entries)
+    wl.push_clock(redis_client, stream)
+    expected, late = wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
+    assert late > 50 and len(expected) > 500  # the workload really has late events and windows
+    got = settle(psettings, len(expected), running)
+    assert wl.compare(expected, got) == []
+    dead = wait_for(
+        lambda: (d := dead_letters(redis_client, psettings)) and len(d) >= late + work.bad and d,
+        10,
+        "dead letters",
+    )
+    kinds = [d["kind"] for d in dead]
+    assert kinds.count("late") == late and kinds.count("invalid") == work.bad
+    assert all(d["error"] and d["source_id"] for d in dead)
+
+
+def test_batched_entries_give_the_same_rollups(
+    psettings: Settings, redis_client: redis.Redis, running: QesmonProcess
+) -> None:
+    work = wl.generate(20000, seed=5, span_s=600, batch=500)
+    stream = psettings.streams.metrics[0]
+    wl.push(redis_client, stream, work.entries)
+    wl.push_clock(redis_client, stream)
+    expected, _ = wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
+    assert wl.compare(expected, settle(psettings, len(expected), running)) == []
+
+
+def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(
+    psettings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    work = wl.generate(60000, seed=3, span_s=1800)
+    stream = psettings.streams.metrics[0]
+    wl.push(redis_client, stream, work.entries)
+    wl.push_clock(redis_client, stream)
+    expected, _ = wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
+    rng = random.Random(42)
+    proc = pipeline(psettings, tmp_path)
+    progress = []
+    for _ in range(6):
+        proc.start()
+        # let it start (about 0.6 s), read, snapshot and write for a random while
+        time.sleep(rng.uniform(0.8, 2.0))
+        proc.kill()
+        progress.append(len(wl.fetch_rollups(psettings.database_url)))
+    # the kills landed while work was in progress, not before it started or after it ended
+    assert any(0 < n < len(expected) for n in progress), progress
+    proc.start()
+    try:
+        got = settle(psettings, len(expected), proc, timeout=90)
+        assert wl.compare(expected, got) == []
+    finally:
+        proc.stop()
+
+
+def test_database_outage_delays_but_loses_nothing(
+    psettings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    host, port = "127.0.0.1", psycopg.conninfo.conninfo_to_dict(psettings.database_url)["port"]
+    proxy = TcpProxy(host, int(str(port))).start()
+    proc = pipeline(psettings, tmp_path, DATABASE_URL=proxy.url_for(psettings.database_url))
+    proc.start()
+    try:
+        work = wl.generate(8000, seed=8, span_s=600)
+        stream = psettings.streams.metrics[0]
+        half = len(work.entries) // 2
+        wl.push(redis_client, stream, work.entries[:half])
+        time.sleep(2.5)  # some rollups are written, then the database goes away
+        proxy.cut()
+        wl.push(redis_client, stream, work.entries[half:])
+        wl.push_clock(redis_client, stream)
+        time.sleep(4)
+        assert proc.alive(), proc.log()  # waiting, not crash-looping
+        proxy.restore()
+        expected, _ = wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
+        assert wl.compare(expected, settle(psettings, len(expected), proc)) == []
+        assert "retrying" in proc.log()
+    finally:
+        proc.stop()
+        proxy.cut()
+
+
+def test_redis_restart_loses_nothing(psettings: Settings, tmp_path: Path) -> None:
+    server = PrivateRedis(tmp_path / "redis").start()
+    settings = dataclasses.replace(psettings, redis_url=server.url)
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    proc = pipeline(settings, tmp_path).start()
+    try:
+        work = wl.generate(8000, seed=9, span_s=600)
+        stream = settings.streams.metrics[0]
+        half = len(work.entries) // 2
+        wl.push(client, stream, work.entries[:half])
+        time.sleep(2)
+        server.stop()
+        time.sleep(2)
+        assert proc.alive(), proc.log()
+        server.start()
+        wl.push(client, stream, work.entries[half:])
+        wl.push_clock(client, stream)
+        expected, _ = wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
+        assert wl.compare(expected, settle(settings, len(expected), proc)) == []
+    finally:
+        proc.stop()
+        client.close()
+        server.stop()
+
+
+def test_idle_stream_closes_a_single_events_window_on_time(
+    psettings: Settings, redis_client: redis.Redis, running: QesmonProcess, db: psycopg.Connection
+) -> None:
+    time.sleep(1.0)  # the pipeline is up and reading
+    now = time.time()
+    if now % 10 > 7:  # keep the test short: start early in a window
+        time.sleep(10 - now % 10 + 0.1)
+    redis_client.xadd(psettings.streams.metrics[0], {"name": "lonely", "value": "3"})
+    sent = time.time()
+    end = (sent // 10) * 10 + 10
+
+    def stored() -> float | None:
+        row = db.execute(
+            "SELECT extract(epoch from now()), count FROM metrics_rollup "
+            "WHERE name = 'lonely' AND width_s = 10"
+        ).fetchone()
+        return float(row[0]) if row else None
+
+    seen = wait_for(stored, 20, "the single event's window")
+    assert seen <= end + WAIT + 1.0, f"window closed {seen - end:.2f} s after its end"
+
+
+def test_late_update_rewrites_the_window_and_too_late_goes_to_dead_letters(
+    psettings: Settings, redis_client: redis.Redis, running: QesmonProcess, db: psycopg.Connection
+) -> None:
+    stream = psettings.streams.metrics[0]
+    now = time.time()
+    ts = (now // 10) * 10 - 5  # in the window that just ended (or is about to)
+    redis_client.xadd(stream, {"name": "upd", "value": "2", "ts": str(ts)})
+
+    def row() -> tuple[int, float] | None:
+        r = db.execute(
+            "SELECT count, sum FROM metrics_rollup WHERE name = 'upd' AND width_s = 10"
+        ).fetchone()
+        return (int(r[0]), float(r[1])) if r else None
+
+    assert wait_for(row, 20, "the first value") == (1, 2.0)
+    redis_client.xadd(stream, {"name": "upd", "value": "5", "ts": str(ts + 1)})
+    wait_for(lambda: row() == (3 - 1, 7.0), 10, "the updated value")
+    too_late = time.time() - 120
+    redis_client.xadd(stream, {"name": "upd", "value": "9", "ts": str(too_late)})
+    letter = wait_for(
+        lambda: [d for d in dead_letters(redis_client, psettings) if d.get("kind") == "late"],
+        10,
+        "a late dead letter",
+    )[0]
+    assert letter["name"] == "upd" and float(letter["value"]) == 9.0
+    assert "late" in letter["error"]
+    assert row() == (2, 7.0)
