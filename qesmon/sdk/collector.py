@@ -98,9 +98,10 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return n
 """
 
-# A round is bounded so one script call never holds Redis for long (~a few ms).
+# A round is bounded so one script call never holds Redis for long (a few ms), and to a
+# tenth of the buffer, since a full buffer gives up the oldest round as a whole.
 _ROUND_ENTRIES = 1000
-_ROUND_EVENTS = 50_000
+_ROUND_EVENTS = 10_000
 _WARN_EVERY = 30.0  # seconds between "Redis unreachable" warnings during one outage
 
 
@@ -115,8 +116,11 @@ class CollectorStats:
     """A snapshot of what a collector did; read ``collector.stats``.
 
     ``sent`` events (in ``entries`` stream entries) are confirmed by Redis; ``dropped``
-    were given up, either pushed out of a full buffer (oldest first) or still undelivered
-    when :meth:`MetricsCollector.close` timed out; ``buffered`` wait, in flight included;
+    were given up, either pushed out of a full buffer (oldest first: a round that is being
+    retried goes as a whole) or still undelivered when :meth:`MetricsCollector.close` timed
+    out (a round given up after a lost reply may in fact have been written: then it is
+    counted as dropped although it arrived, never the other way round); ``buffered`` wait,
+    in flight included;
     ``flush_errors`` counts failed round trips, ``last_error`` describes the latest one;
     ``already_written`` counts retried rounds that Redis had in fact written before
     (their reply was lost), which the round marker kept from being written twice.
@@ -133,11 +137,14 @@ class CollectorStats:
 
 @dataclass(slots=True)
 class _Round:
+    """Events taken from the buffer to be written by one script call, frozen for retries."""
+
     seq: int
     events: int
     entries: int
     keys: list[str]
     args: list[Any]
+    abandoned: bool = False  # given up to make room: counted as dropped, never retried
 
 
 def _stream_names(streams: StreamKeys | Sequence[str] | str | None) -> tuple[list[str], str]:
@@ -231,21 +238,23 @@ class MetricsCollector:
         self._close_timeout = close_timeout
         self._backoff = ExponentialWithJitterBackoff(cap=retry_cap, base=retry_base)
         self._round_events = max(
-            1, min(_ROUND_EVENTS, _ROUND_ENTRIES * batch_size, max_buffer // 2)
+            1, min(_ROUND_EVENTS, _ROUND_ENTRIES * batch_size, max_buffer // 10)
         )
         self._shard_cache: dict[str, int] = {}
 
         # Shared with submit(), which may run on other threads: guarded by _lock.
         self._lock = threading.Lock()
         self._buffer: deque[dict[str, Any]] = deque()
-        self._inflight = 0
+        self._rounds: deque[_Round] = deque()  # taken from the buffer, not yet written
+        self._inflight = 0  # events in rounds not abandoned
         self._dropped = 0
-
         self._sent = 0
         self._entries = 0
+
         self._flush_errors = 0
         self._last_error: str | None = None
         self._already_written = 0
+        self._warned_at = -_WARN_EVERY
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -312,15 +321,15 @@ class MetricsCollector:
         """Buffer one event object that is already validated (see :mod:`qesmon.sdk.events`).
 
         The synchronous core of every ``record_*``: safe to call from any thread, never
-        blocks, never raises. When the buffer is full the oldest waiting event is dropped.
+        blocks, never raises. When the buffer is full the oldest events are dropped.
         """
         with self._lock:
+            if self._closed:
+                self._dropped += 1
+                return
             buf = self._buffer
             if len(buf) + self._inflight >= self._max_buffer:
-                self._dropped += 1
-                if not buf:  # only the round in flight is left: give up the new event
-                    return
-                buf.popleft()
+                self._drop_oldest()
             buf.append(event)
             size = len(buf)
         wake = self._wake
@@ -331,14 +340,26 @@ class MetricsCollector:
                 with contextlib.suppress(RuntimeError):  # loop already closed
                     self._loop.call_soon_threadsafe(wake.set)
 
+    def _drop_oldest(self) -> None:
+        # The rounds being written are older than anything in the buffer; a round is
+        # frozen (a retry must repeat it exactly), so it is given up whole.
+        for rnd in self._rounds:
+            if not rnd.abandoned:
+                rnd.abandoned = True
+                self._inflight -= rnd.events
+                self._dropped += rnd.events
+                return
+        self._buffer.popleft()
+        self._dropped += 1
+
     @property
     def stats(self) -> CollectorStats:
         with self._lock:
             buffered = len(self._buffer) + self._inflight
-            dropped = self._dropped
+            dropped, sent, entries = self._dropped, self._sent, self._entries
         return CollectorStats(
-            sent=self._sent,
-            entries=self._entries,
+            sent=sent,
+            entries=entries,
             dropped=dropped,
             buffered=buffered,
             flush_errors=self._flush_errors,
@@ -392,14 +413,14 @@ class MetricsCollector:
         with self._lock:
             lost = len(self._buffer) + self._inflight
             self._buffer.clear()
+            self._rounds.clear()
             self._inflight = 0
             self._dropped += lost
-            self._max_buffer = 0  # later submits are counted as dropped
+            self._closed = True  # later submits are counted as dropped
         if lost:
             log.warning(
                 "metrics collector closed with %d events undelivered (%s)", lost, self._last_error
             )
-        self._closed = True
         if self._owns_redis:
             await self._redis.aclose()
 
@@ -460,9 +481,11 @@ class MetricsCollector:
                 return None
             popleft = self._buffer.popleft
             events = [popleft() for _ in range(n)]
+            self._seq += 1
+            rnd = self._encode(self._seq, events)
+            self._rounds.append(rnd)
             self._inflight += n
-        self._seq += 1
-        return self._encode(self._seq, events)
+        return rnd
 
     def _shard(self, event: dict[str, Any]) -> int:
         tenant: str = event.get("tenant", "")
@@ -510,10 +533,17 @@ class MetricsCollector:
                 await self._stop.wait()
 
     async def _deliver(self, rnd: _Round) -> bool:
-        """Write one round, retrying until it is in Redis; False if closing ran out of time."""
+        """Write one round, retrying until it is in Redis or given up to make room.
+
+        False if closing ran out of time.
+        """
         failures = 0
-        warned_at = 0.0
         while True:
+            if failures or rnd.abandoned:
+                with self._lock:
+                    if rnd.abandoned:  # the buffer overflowed meanwhile: move on
+                        self._rounds.remove(rnd)
+                        return True
             try:
                 written = await self._script(keys=rnd.keys, args=rnd.args)
             except (RedisError, OSError) as exc:
@@ -522,8 +552,8 @@ class MetricsCollector:
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 now = time.monotonic()
                 delay = min(self._backoff.compute(min(failures, 30)), self._deadline - now)
-                if now - warned_at >= _WARN_EVERY:
-                    warned_at = now
+                if now - self._warned_at >= _WARN_EVERY:
+                    self._warned_at = now
                     stats = self.stats
                     log.warning(
                         "cannot write metrics to Redis (%s); %d events buffered, %d dropped; "
@@ -540,9 +570,13 @@ class MetricsCollector:
             if written == -1:
                 self._already_written += 1
             with self._lock:
-                self._inflight -= rnd.events
-            self._sent += rnd.events
-            self._entries += rnd.entries
+                self._rounds.remove(rnd)
+                if rnd.abandoned:  # given up while this attempt succeeded after all
+                    self._dropped -= rnd.events
+                else:
+                    self._inflight -= rnd.events
+                self._sent += rnd.events
+                self._entries += rnd.entries
             if failures:
                 log.info("metrics delivered again after %d failed attempts", failures)
             return True

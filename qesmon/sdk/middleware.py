@@ -8,10 +8,11 @@
 Put it first in ``middlewares`` so that it sees the final status of every request. Each
 event has ``value`` = duration in seconds and labels ``endpoint`` (the route's canonical path,
 ``/docs/{id}``, never the raw path, so the number of series stays bounded; ``unmatched`` when
-no route matched), ``method``, ``status`` and ``service``; ``success`` is ``status < 500``.
+no route matched, as for 404 and 405), ``method`` (``OTHER`` for non-standard methods),
+``status`` and ``service``; ``success`` is ``status < 500``.
 
 Every response carries ``X-Request-ID``: the caller's own if it looks sane (1-128 visible
-ASCII characters), else a new UUID4; handlers find it in ``request["request_id"]``. An
+ASCII characters), else a new UUID4; handlers find it in ``request[REQUEST_ID]``. An
 exception that escapes the handler is recorded as 500, logged with the request id, and
 answered with a plain 500 that carries the id too.
 """
@@ -30,11 +31,13 @@ from qesmon.errors import ContractError
 from qesmon.sdk.collector import EventSink
 from qesmon.sdk.events import http_request_event
 
-__all__ = ["REQUEST_ID_HEADER", "metrics_middleware"]
+__all__ = ["REQUEST_ID", "REQUEST_ID_HEADER", "metrics_middleware"]
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
+#: where handlers find the request id: ``request[REQUEST_ID]``
+REQUEST_ID = web.RequestKey("request_id", str)
 _SANE_ID = re.compile(r"[!-~]{1,128}")  # visible ASCII, no spaces or control characters
 # Methods outside this set are counted as OTHER, so a client cannot invent new series.
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
@@ -106,7 +109,7 @@ def metrics_middleware(
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = request_id(request)
-        request["request_id"] = rid
+        request[REQUEST_ID] = rid
         started = time.perf_counter()
         try:
             response = await handler(request)

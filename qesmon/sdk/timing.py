@@ -113,10 +113,11 @@ class Timer:
         return timed_function
 
 
-def timed(collector: EventSink, operation: str, **labels: object) -> Timer:
+def timed(collector: EventSink, operation: str, /, **labels: object) -> Timer:
     """Time a block or function as a ``performance`` event named ``operation``.
 
     ``labels`` become the event's labels (values turned into strings); keep them bounded
-    (an operation kind, a provider), never ids.
+    (an operation kind, a provider), never ids. ``collector`` and ``operation`` are
+    positional-only, so ``operation=...`` is a label, as the vocabulary's ``db_query`` has.
     """
     return Timer(collector, operation, labels_from(labels))
