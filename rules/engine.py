@@ -88,18 +88,33 @@ class _Alert:
     value: float | None = None
 
     def to_list(self) -> list[object]:
-        return [self.rule_id, self.severity.value, self.tenant, [list(p) for p in self.labels],
-                self.state.value, self.active_since, self.last_data, self.clear_since, self.value]
+        return [
+            self.rule_id,
+            self.severity.value,
+            self.tenant,
+            [list(p) for p in self.labels],
+            self.state.value,
+            self.active_since,
+            self.last_data,
+            self.clear_since,
+            self.value,
+        ]
 
     @classmethod
     def from_list(cls, row: list[object]) -> _Alert:
         rule_id, severity, tenant, labels, state, active, last, clear, value = row
         assert isinstance(rule_id, str) and isinstance(tenant, str) and isinstance(labels, list)
-        return cls(rule_id, Severity(str(severity)), tenant,
-                   tuple((str(k), str(v)) for k, v in labels),
-                   AlertState(state), float(active),  # type: ignore[arg-type]
-                   float(last), None if clear is None else float(clear),  # type: ignore[arg-type]
-                   None if value is None else float(value))  # type: ignore[arg-type]
+        return cls(
+            rule_id,
+            Severity(str(severity)),
+            tenant,
+            tuple((str(k), str(v)) for k, v in labels),
+            AlertState(state),
+            float(active),  # type: ignore[arg-type]
+            float(last),
+            None if clear is None else float(clear),  # type: ignore[arg-type]
+            None if value is None else float(value),
+        )  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)
@@ -168,8 +183,10 @@ class Evaluator:
         expire groups without data; return the transitions, in order. Never raises for a
         rule's sake."""
         out, self._outbox = self._outbox, []
-        due = sorted((key for key in self._buffer if key[1] + key[0] <= watermark),
-                     key=lambda key: (key[1] + key[0], key[0]))
+        due = sorted(
+            (key for key in self._buffer if key[1] + key[0] <= watermark),
+            key=lambda key: (key[1] + key[0], key[0]),
+        )
         for key in due:
             width, start = key
             end = start + width
@@ -194,8 +211,9 @@ class Evaluator:
         return len(self._alerts)
 
     # -- evaluation ------------------------------------------------------------------------
-    def _evaluate_window(self, out: list[AlertTransition], width: int, start: float,
-                         results: Iterable[WindowResult]) -> None:
+    def _evaluate_window(
+        self, out: list[AlertTransition], width: int, start: float, results: Iterable[WindowResult]
+    ) -> None:
         end = start + width
         # rule id -> group -> selector index -> merged aggregate (owned copies marked)
         groups: dict[str, dict[_GroupKey, dict[int, Agg]]] = {}
@@ -223,15 +241,18 @@ class Evaluator:
             rule = rules_by_id[rule_id]
             failures: list[str] = []
             for group in sorted(groups[rule_id]):
-                problem = self._evaluate_group(out, rule, width, start, end, group,
-                                               groups[rule_id][group])
+                problem = self._evaluate_group(
+                    out, rule, width, start, end, group, groups[rule_id][group]
+                )
                 if problem is not None:
                     failures.append(problem)
             if failures:
                 self.stats.errors += len(failures)
                 more = f" (and {len(failures) - 1} more groups)" if len(failures) > 1 else ""
-                self._error(f"rule {rule.id}, window [{_ts(start)}, {_ts(end)}) "
-                            f"width {width}s: {failures[0]}{more}")
+                self._error(
+                    f"rule {rule.id}, window [{_ts(start)}, {_ts(end)}) "
+                    f"width {width}s: {failures[0]}{more}"
+                )
 
     def _group_of(self, rule: Rule, series: Series) -> tuple[tuple[int, ...], _GroupKey]:
         cache = self._groups.setdefault(rule.id, {})
@@ -256,8 +277,16 @@ class Evaluator:
         cache[series] = decision
         return decision
 
-    def _evaluate_group(self, out: list[AlertTransition], rule: Rule, width: int, start: float,
-                        end: float, group: _GroupKey, parts: dict[int, Agg]) -> str | None:
+    def _evaluate_group(
+        self,
+        out: list[AlertTransition],
+        rule: Rule,
+        width: int,
+        start: float,
+        end: float,
+        group: _GroupKey,
+        parts: dict[int, Agg],
+    ) -> str | None:
         tenant, labels = group
         main = parts.get(0) if rule.metric is not None else None
         values = compute(rule.symbols, width, main, parts, rule, tenant, dict(labels))
@@ -279,25 +308,51 @@ class Evaluator:
         if alert is None:
             if not true:
                 return None
-            alert = _Alert(rule.id, rule.severity, tenant, labels, AlertState.PENDING, start, end,
-                           value=value)
+            alert = _Alert(
+                rule.id, rule.severity, tenant, labels, AlertState.PENDING, start, end, value=value
+            )
             state = AlertState.FIRING if end - start >= rule.for_s else AlertState.PENDING
             alert.state = state
             self._alerts[(rule.id, fp)] = alert
-            out.append(self._transition(rule, fp, alert, AlertState.INACTIVE, state, end,
-                                        values, parts, width))
+            out.append(
+                self._transition(
+                    rule, fp, alert, AlertState.INACTIVE, state, end, values, parts, width
+                )
+            )
             return None
         alert.last_data = end
         alert.value = value
         if alert.state is AlertState.PENDING:
             if not true:
                 del self._alerts[(rule.id, fp)]
-                out.append(self._transition(rule, fp, alert, AlertState.PENDING,
-                                            AlertState.INACTIVE, end, values, parts, width))
+                out.append(
+                    self._transition(
+                        rule,
+                        fp,
+                        alert,
+                        AlertState.PENDING,
+                        AlertState.INACTIVE,
+                        end,
+                        values,
+                        parts,
+                        width,
+                    )
+                )
             elif end - alert.active_since >= rule.for_s:
                 alert.state = AlertState.FIRING
-                out.append(self._transition(rule, fp, alert, AlertState.PENDING,
-                                            AlertState.FIRING, end, values, parts, width))
+                out.append(
+                    self._transition(
+                        rule,
+                        fp,
+                        alert,
+                        AlertState.PENDING,
+                        AlertState.FIRING,
+                        end,
+                        values,
+                        parts,
+                        width,
+                    )
+                )
             return None
         if not clear:
             alert.clear_since = None
@@ -306,8 +361,19 @@ class Evaluator:
             alert.clear_since = start
         if end - alert.clear_since >= rule.keep_firing_for:
             del self._alerts[(rule.id, fp)]
-            out.append(self._transition(rule, fp, alert, AlertState.FIRING, AlertState.RESOLVED,
-                                        end, values, parts, width))
+            out.append(
+                self._transition(
+                    rule,
+                    fp,
+                    alert,
+                    AlertState.FIRING,
+                    AlertState.RESOLVED,
+                    end,
+                    values,
+                    parts,
+                    width,
+                )
+            )
         return None
 
     def _expire(self, out: list[AlertTransition], before: float) -> None:
@@ -320,8 +386,11 @@ class Evaluator:
         for at, key, rule in sorted(expired, key=lambda item: (item[0], item[1])):
             alert = self._alerts.pop(key)
             to = AlertState.RESOLVED if alert.state is AlertState.FIRING else AlertState.INACTIVE
-            out.append(self._transition(rule, key[1], alert, alert.state, to, at, None, {}, 0,
-                                        reason="no data"))
+            out.append(
+                self._transition(
+                    rule, key[1], alert, alert.state, to, at, None, {}, 0, reason="no data"
+                )
+            )
 
     def _retire(self, gone: object, reason: str, rules: RuleSet | None = None) -> None:
         """Queue the end of the alerts whose rule ``gone(rule_id)`` says no longer exists."""
@@ -333,35 +402,77 @@ class Evaluator:
             at = alert.last_data
             to = AlertState.RESOLVED if alert.state is AlertState.FIRING else AlertState.INACTIVE
             if rule is None:  # restored state whose rule is unknown here: minimal record
-                self._outbox.append(AlertTransition(
-                    fingerprint=key[1], rule_id=alert.rule_id, rule_name=alert.rule_id,
-                    severity=alert.severity, from_state=alert.state, to_state=to, at=at,
-                    value=alert.value, tenant=alert.tenant, labels=dict(alert.labels),
-                    annotations={"reason": reason}))
+                self._outbox.append(
+                    AlertTransition(
+                        fingerprint=key[1],
+                        rule_id=alert.rule_id,
+                        rule_name=alert.rule_id,
+                        severity=alert.severity,
+                        from_state=alert.state,
+                        to_state=to,
+                        at=at,
+                        value=alert.value,
+                        tenant=alert.tenant,
+                        labels=dict(alert.labels),
+                        annotations={"reason": reason},
+                    )
+                )
             else:
-                self._outbox.append(self._transition(rule, key[1], alert, alert.state, to, at,
-                                                     None, {}, 0, reason=reason))
+                self._outbox.append(
+                    self._transition(
+                        rule, key[1], alert, alert.state, to, at, None, {}, 0, reason=reason
+                    )
+                )
 
-    def _transition(self, rule: Rule, fp: str, alert: _Alert, from_state: AlertState,
-                    to_state: AlertState, at: float, values: dict[str, object] | None,
-                    parts: dict[int, Agg], width: int, reason: str | None = None,
-                    ) -> AlertTransition:
+    def _transition(
+        self,
+        rule: Rule,
+        fp: str,
+        alert: _Alert,
+        from_state: AlertState,
+        to_state: AlertState,
+        at: float,
+        values: dict[str, object] | None,
+        parts: dict[int, Agg],
+        width: int,
+        reason: str | None = None,
+    ) -> AlertTransition:
         labels = {**rule.labels, **dict(alert.labels)}
-        annotations = {key: self._render(text, rule, alert, labels, values, parts, width)
-                       for key, text in rule.annotations.items()}
+        annotations = {
+            key: self._render(text, rule, alert, labels, values, parts, width)
+            for key, text in rule.annotations.items()
+        }
         if reason is not None:
             annotations["reason"] = reason
         value = alert.value if values is None else values.get(rule.value_field)
         return AlertTransition(
-            fingerprint=fp, rule_id=rule.id, rule_name=rule.name, severity=rule.severity,
-            from_state=from_state, to_state=to_state, at=at,
+            fingerprint=fp,
+            rule_id=rule.id,
+            rule_name=rule.name,
+            severity=rule.severity,
+            from_state=from_state,
+            to_state=to_state,
+            at=at,
             value=None if value is None else float(value),  # type: ignore[arg-type]
-            tenant=alert.tenant, labels=labels, annotations=annotations,
-            channels=rule.channels, escalation=rule.escalation,
-            repeat_interval=rule.repeat_interval, template=rule.template)
+            tenant=alert.tenant,
+            labels=labels,
+            annotations=annotations,
+            channels=rule.channels,
+            escalation=rule.escalation,
+            repeat_interval=rule.repeat_interval,
+            template=rule.template,
+        )
 
-    def _render(self, text: str, rule: Rule, alert: _Alert, labels: dict[str, str],
-                values: dict[str, object] | None, parts: dict[int, Agg], width: int) -> str:
+    def _render(
+        self,
+        text: str,
+        rule: Rule,
+        alert: _Alert,
+        labels: dict[str, str],
+        values: dict[str, object] | None,
+        parts: dict[int, Agg],
+        width: int,
+    ) -> str:
         if "{{" not in text:
             return text
         wanted = {m.group(1) for m in PLACEHOLDER.finditer(text)}
@@ -369,11 +480,18 @@ class Evaluator:
         if values is not None:
             names = {w for w in wanted if "." not in w and w not in _META} - set(values)
             main = parts.get(0) if rule.metric is not None else None
-            fields = {**values, **compute(names, width, main, parts, rule, alert.tenant,
-                                          dict(alert.labels))}
-        meta = {"value": alert.value if values is None else values.get(rule.value_field),
-                "tenant": alert.tenant, "rule_id": rule.id, "rule_name": rule.name,
-                "severity": rule.severity.value, "threshold": rule.threshold}
+            fields = {
+                **values,
+                **compute(names, width, main, parts, rule, alert.tenant, dict(alert.labels)),
+            }
+        meta = {
+            "value": alert.value if values is None else values.get(rule.value_field),
+            "tenant": alert.tenant,
+            "rule_id": rule.id,
+            "rule_name": rule.name,
+            "severity": rule.severity.value,
+            "threshold": rule.threshold,
+        }
 
         def one(match: object) -> str:
             ref = match.group(1)  # type: ignore[attr-defined]
@@ -396,13 +514,21 @@ class Evaluator:
         state = {
             "v": SNAPSHOT_VERSION,
             "evaluated": sorted([w, end] for w, end in self._evaluated.items()),
-            "alerts": [[fp, *self._alerts[(rid, fp)].to_list()]
-                       for rid, fp in sorted(self._alerts)],
+            "alerts": [
+                [fp, *self._alerts[(rid, fp)].to_list()] for rid, fp in sorted(self._alerts)
+            ],
             "outbox": [t.to_fields() for t in self._outbox],
             "buffer": [
-                [width, start, r.series.name, r.series.type, r.series.tenant,
-                 [list(p) for p in r.series.labels], r.revision,
-                 base64.b64encode(r.agg.to_bytes()).decode()]
+                [
+                    width,
+                    start,
+                    r.series.name,
+                    r.series.type,
+                    r.series.tenant,
+                    [list(p) for p in r.series.labels],
+                    r.revision,
+                    base64.b64encode(r.agg.to_bytes()).decode(),
+                ]
                 for (width, start), bucket in sorted(self._buffer.items())
                 for r in sorted(bucket.values(), key=lambda r: _series_key(r.series))
             ],
@@ -421,8 +547,13 @@ class Evaluator:
             self._outbox = [AlertTransition.from_fields(f) for f in state["outbox"]]
             for width, start, name, type_, tenant, labels, revision, agg in state["buffer"]:
                 series = Series(name, type_, tenant, tuple((k, v) for k, v in labels))
-                result = WindowResult(series, int(width), float(start),
-                                      Agg.from_bytes(base64.b64decode(agg)), int(revision))
+                result = WindowResult(
+                    series,
+                    int(width),
+                    float(start),
+                    Agg.from_bytes(base64.b64decode(agg)),
+                    int(revision),
+                )
                 self._buffer.setdefault((int(width), float(start)), {})[series] = result
         except (ValueError, KeyError, TypeError, AssertionError, ContractError) as exc:
             raise ContractError(f"evaluator snapshot is unreadable: {exc}") from exc

@@ -55,8 +55,9 @@ class Condition:
         names = frozenset(floats)
         types: dict[str, Any] = {name: DataType.FLOAT for name in names}
         types.update({name: DataType.STRING for name in STRING_NAMES})
-        types.update({name: DataType.MAPPING(DataType.STRING, DataType.STRING)
-                      for name in MAPPING_NAMES})
+        types.update(
+            {name: DataType.MAPPING(DataType.STRING, DataType.STRING) for name in MAPPING_NAMES}
+        )
         context = rule_engine.Context(type_resolver=rule_engine.type_resolver_from_dict(types))
         try:
             rule = rule_engine.Rule(text, context=context)

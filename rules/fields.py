@@ -33,18 +33,43 @@ from qesmon.sketch import Agg
 from rules.model import Rule
 
 #: fields of every window
-WINDOW_FIELDS = ("count", "errors", "sum", "min", "max", "avg", "p50", "p95", "p99",
-                 "distinct_users", "value")
+WINDOW_FIELDS = (
+    "count",
+    "errors",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "p50",
+    "p95",
+    "p99",
+    "distinct_users",
+    "value",
+)
 #: derived fields of every window
 DERIVED_FIELDS = ("error_rate", "avg_response_time", "throughput")
 #: fields that exist only in rules whose metric has the same name (their value is ``avg``)
-RESOURCE_FIELDS = (vocabulary.QUOTA_UTILIZATION, vocabulary.CPU_USAGE, vocabulary.MEMORY_USAGE,
-                   vocabulary.DISK_USAGE)
+RESOURCE_FIELDS = (
+    vocabulary.QUOTA_UTILIZATION,
+    vocabulary.CPU_USAGE,
+    vocabulary.MEMORY_USAGE,
+    vocabulary.DISK_USAGE,
+)
 #: every float name a condition may use (plus ``threshold`` and the rule's ratios)
 FLOAT_FIELDS = frozenset(WINDOW_FIELDS + DERIVED_FIELDS + RESOURCE_FIELDS)
 #: fields a ratio can divide (additive ones make most sense, all are allowed)
-RATIO_FIELDS = ("count", "errors", "sum", "min", "max", "avg", "p50", "p95", "p99",
-                "distinct_users")
+RATIO_FIELDS = (
+    "count",
+    "errors",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "p50",
+    "p95",
+    "p99",
+    "distinct_users",
+)
 _ADDITIVE = frozenset({"count", "errors", "sum", "distinct_users"})
 _PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 
@@ -76,8 +101,9 @@ def agg_field(agg: Agg | None, name: str, width: int) -> float | None:
     raise KeyError(name)
 
 
-def ratio_value(num: Agg | None, den: Agg | None, field: str, scale: float,
-                width: int) -> float | None:
+def ratio_value(
+    num: Agg | None, den: Agg | None, field: str, scale: float, width: int
+) -> float | None:
     """``num.field / den.field * scale``; None when the denominator is absent or zero.
 
     An absent numerator counts as 0 for additive fields (no signups in a window with visits
@@ -120,9 +146,13 @@ def compute(
             selectors = rule.selectors
             for ratio in rule.ratios:
                 if ratio.name == name:
-                    out[name] = ratio_value(parts.get(selectors.index(ratio.numerator)),
-                                            parts.get(selectors.index(ratio.denominator)),
-                                            ratio.field, ratio.scale, width)
+                    out[name] = ratio_value(
+                        parts.get(selectors.index(ratio.numerator)),
+                        parts.get(selectors.index(ratio.denominator)),
+                        ratio.field,
+                        ratio.scale,
+                        width,
+                    )
                     break
             else:
                 raise KeyError(name)

@@ -76,11 +76,31 @@ from rules.model import (
 #: loader skips; see notifier/policy.py
 NOTIFIER_KEYS = ("escalation_policies", "routing")
 RULE_SUFFIXES = (".yaml", ".yml")
-RULE_FIELDS = frozenset({
-    "id", "name", "severity", "metric", "group_by", "condition", "threshold", "for", "window",
-    "keep_firing_for", "resolve_condition", "no_data_after", "ratios", "value_field", "labels",
-    "annotations", "channels", "route", "escalation", "repeat_interval", "template",
-})
+RULE_FIELDS = frozenset(
+    {
+        "id",
+        "name",
+        "severity",
+        "metric",
+        "group_by",
+        "condition",
+        "threshold",
+        "for",
+        "window",
+        "keep_firing_for",
+        "resolve_condition",
+        "no_data_after",
+        "ratios",
+        "value_field",
+        "labels",
+        "annotations",
+        "channels",
+        "route",
+        "escalation",
+        "repeat_interval",
+        "template",
+    }
+)
 _SELECTOR_FIELDS = frozenset({"name", "type", "tenant", "labels"})
 _RATIO_KEYS = frozenset({"numerator", "denominator", "field", "scale"})
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
@@ -132,9 +152,11 @@ def discover(paths: Iterable[Path]) -> tuple[list[Path], list[RuleError]]:
     errors: list[RuleError] = []
     for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.iterdir()
-                            if p.suffix in RULE_SUFFIXES and not p.name.startswith(".")
-                            and p.is_file())
+            files += sorted(
+                p
+                for p in path.iterdir()
+                if p.suffix in RULE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+            )
         elif path.is_file():
             files.append(path)
         else:
@@ -156,9 +178,12 @@ def assemble(per_file: Iterable[tuple[Path, Sequence[Rule]]]) -> tuple[RuleSet, 
         for rule in rules:
             first = chosen.get(rule.id)
             if first is not None:
-                errors.append(RuleError(
-                    f"duplicate rule id {rule.id!r} (first defined at {first.source})",
-                    rule.source))
+                errors.append(
+                    RuleError(
+                        f"duplicate rule id {rule.id!r} (first defined at {first.source})",
+                        rule.source,
+                    )
+                )
                 continue
             chosen[rule.id] = rule
     return RuleSet(chosen.values()), errors
@@ -209,8 +234,10 @@ def parse_text(text: str, path: Path) -> FileRules:
     ids: dict[str, Rule] = {}
     for rule in list(result.rules):
         if rule.id in ids:
-            parser.error_at(rule.source, f"duplicate rule id {rule.id!r} "
-                                         f"(first defined at {ids[rule.id].source})")
+            parser.error_at(
+                rule.source,
+                f"duplicate rule id {rule.id!r} (first defined at {ids[rule.id].source})",
+            )
             result.rules.remove(rule)
         else:
             ids[rule.id] = rule
@@ -255,8 +282,9 @@ class _FileParser:
             out[key] = (key_node, value_node)
         return out
 
-    def string(self, node: yaml.Node, what: str, pattern: re.Pattern[str] | None = None,
-               hint: str = "") -> str | None:
+    def string(
+        self, node: yaml.Node, what: str, pattern: re.Pattern[str] | None = None, hint: str = ""
+    ) -> str | None:
         value = self.data(node) if isinstance(node, yaml.ScalarNode) else None
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             self.error(node, f"{what} must be a string, got {_kind(node)}")
@@ -267,8 +295,9 @@ class _FileParser:
             return None
         return text
 
-    def strings(self, node: yaml.Node, what: str, pattern: re.Pattern[str] | None = None,
-                hint: str = "") -> tuple[str, ...] | None:
+    def strings(
+        self, node: yaml.Node, what: str, pattern: re.Pattern[str] | None = None, hint: str = ""
+    ) -> tuple[str, ...] | None:
         items = node.value if isinstance(node, yaml.SequenceNode) else [node]
         out = []
         for item in items:
@@ -302,14 +331,19 @@ class _FileParser:
             notifier_keys = [k for k in NOTIFIER_KEYS if k in keys]
             if notifier_keys:
                 if "rules" in keys:
-                    self.error(keys["rules"][0], f"a file with {notifier_keys[0]!r} (for the "
-                               "notifier) must not also hold rules")
+                    self.error(
+                        keys["rules"][0],
+                        f"a file with {notifier_keys[0]!r} (for the "
+                        "notifier) must not also hold rules",
+                    )
                 return None
             if "rules" in keys:
                 for key, (key_node, _) in keys.items():
                     if key != "rules":
-                        self.error(key_node, f"unknown top-level key {key!r} "
-                                   "(a rule file has only 'rules:')")
+                        self.error(
+                            key_node,
+                            f"unknown top-level key {key!r} (a rule file has only 'rules:')",
+                        )
                 rules_node = keys["rules"][1]
                 if isinstance(rules_node, yaml.ScalarNode) and self.data(rules_node) is None:
                     return []
@@ -319,8 +353,10 @@ class _FileParser:
                 return list(rules_node.value)
             if "id" in keys:
                 return [doc]
-            self.error(doc, "expected a rule (a mapping with 'id'), a list of rules, or "
-                       "'rules:' with a list")
+            self.error(
+                doc,
+                "expected a rule (a mapping with 'id'), a list of rules, or 'rules:' with a list",
+            )
             return []
         if isinstance(doc, yaml.ScalarNode) and self.data(doc) is None:
             return []
@@ -346,13 +382,21 @@ class _FileParser:
             pair = fields.get(name)
             return pair[1] if pair is not None else None
 
-        rule_id = self._opt(get("id"), lambda n: self.string(
-            n, "id", _ID, " (use 1-100 of A-Z a-z 0-9 _ . : -)"))
+        rule_id = self._opt(
+            get("id"), lambda n: self.string(n, "id", _ID, " (use 1-100 of A-Z a-z 0-9 _ . : -)")
+        )
         name = self._opt(get("name"), lambda n: self.string(n, "name")) or rule_id or ""
         severity = self._opt(get("severity"), self._severity)
         metric = self._opt(get("metric"), self._selector)
-        group_by = self._opt(get("group_by"), lambda n: self.strings(
-            n, "group_by entry", _LABEL_KEY, " (a label name, or 'tenant')")) or ()
+        group_by = (
+            self._opt(
+                get("group_by"),
+                lambda n: self.strings(
+                    n, "group_by entry", _LABEL_KEY, " (a label name, or 'tenant')"
+                ),
+            )
+            or ()
+        )
         threshold = self._opt(get("threshold"), lambda n: self.number(n, "threshold"))
         for_s = self._opt(get("for"), lambda n: self.duration(n, "for")) or 0.0
         window = self._opt(get("window"), self._window) or ROLLUP_WIDTHS[0]
@@ -360,39 +404,56 @@ class _FileParser:
         no_data = self._opt(get("no_data_after"), lambda n: self.duration(n, "no_data_after"))
         ratios = self._opt(get("ratios"), self._ratios) or ()
         labels = self._opt(get("labels"), lambda n: self._str_map(n, "labels", _LABEL_KEY)) or {}
-        annotations = self._opt(get("annotations"),
-                                lambda n: self._str_map(n, "annotations", None)) or {}
+        annotations = (
+            self._opt(get("annotations"), lambda n: self._str_map(n, "annotations", None)) or {}
+        )
         channels = self._channels(fields)
         escalation = self._opt(get("escalation"), lambda n: self.string(n, "escalation"))
         repeat = self._opt(get("repeat_interval"), lambda n: self.duration(n, "repeat_interval"))
         template = self._opt(get("template"), lambda n: self.string(n, "template"))
         if no_data is not None and no_data < window:
-            self.error(get("no_data_after") or node,
-                       f"no_data_after must be at least the window ({format_duration(window)})")
+            self.error(
+                get("no_data_after") or node,
+                f"no_data_after must be at least the window ({format_duration(window)})",
+            )
         if "metric" not in fields and "ratios" not in fields:
             self.error(node, "rule has no 'metric' (name the metric it reads, or define ratios)")
         # names of declared ratios, even broken ones, so the condition does not fail twice
-        ratio_names = {getattr(k, "value", "") for k, _ in getattr(get("ratios"), "value", [])
-                       if isinstance(get("ratios"), yaml.MappingNode)}
+        ratio_names = {
+            getattr(k, "value", "")
+            for k, _ in getattr(get("ratios"), "value", [])
+            if isinstance(get("ratios"), yaml.MappingNode)
+        }
         floats = set(FLOAT_FIELDS) | {"threshold"} | ratio_names
         condition = self._condition(get("condition"), "condition", floats)
-        resolve = self._opt(get("resolve_condition"),
-                            lambda n: self._condition(n, "resolve_condition", floats))
+        resolve = self._opt(
+            get("resolve_condition"), lambda n: self._condition(n, "resolve_condition", floats)
+        )
         value_field = self._opt(get("value_field"), lambda n: self.string(n, "value_field"))
-        checks = (("condition", condition, get("condition")),
-                  ("resolve_condition", resolve, get("resolve_condition")))
+        checks = (
+            ("condition", condition, get("condition")),
+            ("resolve_condition", resolve, get("resolve_condition")),
+        )
         has_metric = "metric" in fields or "ratios" not in fields
         for cond_name, cond, cond_node in checks:
             if cond is not None and cond_node is not None:
-                self._check_symbols(cond_node, cond_name, cond.symbols, metric, has_metric,
-                                    threshold)
+                self._check_symbols(
+                    cond_node, cond_name, cond.symbols, metric, has_metric, threshold
+                )
         if value_field is not None:
             if value_field not in floats - {"threshold"}:
-                self.error(get("value_field") or node,
-                           f"value_field {value_field!r} is not a field")
+                self.error(
+                    get("value_field") or node, f"value_field {value_field!r} is not a field"
+                )
             else:
-                self._check_symbols(get("value_field") or node, "value_field",
-                                    frozenset({value_field}), metric, has_metric, threshold)
+                self._check_symbols(
+                    get("value_field") or node,
+                    "value_field",
+                    frozenset({value_field}),
+                    metric,
+                    has_metric,
+                    threshold,
+                )
         elif condition is not None:
             value_field = condition.first_field() or ("value" if metric is not None else None)
             if value_field is None and ratios:
@@ -407,10 +468,12 @@ class _FileParser:
                     ok = False
                 if not ok:
                     anode = fields["annotations"][1]
-                    self.error(_child(anode, key) or anode,
-                               f"annotation {key!r}: unknown placeholder {{{{ {ref} }}}} "
-                               "(use a field, value, tenant, rule_id, rule_name, severity, "
-                               f"or labels.<one of {sorted(label_keys) or 'group_by/labels'}>)")
+                    self.error(
+                        _child(anode, key) or anode,
+                        f"annotation {key!r}: unknown placeholder {{{{ {ref} }}}} "
+                        "(use a field, value, tenant, rule_id, rule_name, severity, "
+                        f"or labels.<one of {sorted(label_keys) or 'group_by/labels'}>)",
+                    )
 
         if len(self.errors) > before:
             return None
@@ -438,8 +501,9 @@ class _FileParser:
             repeat_interval=repeat,
             template=template,
             source=self.loc(node),
-            digest=hashlib.sha256(orjson.dumps(self.data(node), option=orjson.OPT_SORT_KEYS,
-                                               default=str)).hexdigest()[:16],
+            digest=hashlib.sha256(
+                orjson.dumps(self.data(node), option=orjson.OPT_SORT_KEYS, default=str)
+            ).hexdigest()[:16],
         )
 
     # -- fields ----------------------------------------------------------------------------
@@ -463,15 +527,15 @@ class _FileParser:
             return None
         if seconds not in ROLLUP_WIDTHS:
             allowed = ", ".join(format_duration(w) for w in ROLLUP_WIDTHS)
-            self.error(node, f"window {format_duration(seconds)} is not a rollup width "
-                       f"({allowed})")
+            self.error(node, f"window {format_duration(seconds)} is not a rollup width ({allowed})")
             return None
         return int(seconds)
 
     def _selector(self, node: yaml.Node, what: str = "metric") -> MetricSelector | None:
         if isinstance(node, yaml.ScalarNode):
-            name = self.string(node, f"{what} name", _METRIC_NAME,
-                               " (a metric name: [a-zA-Z_:][a-zA-Z0-9_:]*)")
+            name = self.string(
+                node, f"{what} name", _METRIC_NAME, " (a metric name: [a-zA-Z_:][a-zA-Z0-9_:]*)"
+            )
             return MetricSelector(name) if name is not None else None
         fields = self.mapping(node, what)
         if fields is None:
@@ -479,20 +543,29 @@ class _FileParser:
         ok = True
         for key, (key_node, _) in fields.items():
             if key not in _SELECTOR_FIELDS:
-                self.error(key_node, f"{what}: unknown field {key!r} "
-                           f"(expected {', '.join(sorted(_SELECTOR_FIELDS))})")
+                self.error(
+                    key_node,
+                    f"{what}: unknown field {key!r} "
+                    f"(expected {', '.join(sorted(_SELECTOR_FIELDS))})",
+                )
                 ok = False
         if "name" not in fields:
             self.error(node, f"{what} has no 'name'")
             return None
-        name = self.string(fields["name"][1], f"{what} name", _METRIC_NAME,
-                           " (a metric name: [a-zA-Z_:][a-zA-Z0-9_:]*)")
+        name = self.string(
+            fields["name"][1],
+            f"{what} name",
+            _METRIC_NAME,
+            " (a metric name: [a-zA-Z_:][a-zA-Z0-9_:]*)",
+        )
         type_ = None
         if "type" in fields:
             type_ = self.string(fields["type"][1], f"{what} type")
             if type_ is not None and type_ not in {t.value for t in MetricType}:
-                self.error(fields["type"][1], f"{what} type {type_!r} is not one of "
-                           f"{', '.join(t.value for t in MetricType)}")
+                self.error(
+                    fields["type"][1],
+                    f"{what} type {type_!r} is not one of {', '.join(t.value for t in MetricType)}",
+                )
                 type_ = None
                 ok = False
         tenant = self.string(fields["tenant"][1], f"{what} tenant") if "tenant" in fields else None
@@ -517,8 +590,11 @@ class _FileParser:
         if isinstance(node, yaml.MappingNode):
             spec = self.mapping(node, f"{what} label {key!r}") or {}
             if len(spec) != 1 or next(iter(spec)) not in ("regex", "not_regex"):
-                self.error(node, f"{what} label {key!r}: use a value, a list of values, "
-                           "{regex: ...} or {not_regex: ...}")
+                self.error(
+                    node,
+                    f"{what} label {key!r}: use a value, a list of values, "
+                    "{regex: ...} or {not_regex: ...}",
+                )
                 return None
             kind, (_, pattern_node) = next(iter(spec.items()))
             pattern = self.string(pattern_node, f"{what} label {key!r} {kind}")
@@ -539,18 +615,25 @@ class _FileParser:
             return None
         out = []
         for name, (key_node, value_node) in spec.items():
-            if not _FIELD_NAME.fullmatch(name) or name in FLOAT_FIELDS or name in (
-                    "threshold", "tenant", "labels"):
-                self.error(key_node, f"ratio name {name!r} must be a new lower-case name, "
-                           "not a field")
+            if (
+                not _FIELD_NAME.fullmatch(name)
+                or name in FLOAT_FIELDS
+                or name in ("threshold", "tenant", "labels")
+            ):
+                self.error(
+                    key_node, f"ratio name {name!r} must be a new lower-case name, not a field"
+                )
                 continue
             parts = self.mapping(value_node, f"ratio {name!r}")
             if parts is None:
                 continue
             bad = [k for k in parts if k not in _RATIO_KEYS]
             for k in bad:
-                self.error(parts[k][0], f"ratio {name!r}: unknown field {k!r} "
-                           f"(expected {', '.join(sorted(_RATIO_KEYS))})")
+                self.error(
+                    parts[k][0],
+                    f"ratio {name!r}: unknown field {k!r} "
+                    f"(expected {', '.join(sorted(_RATIO_KEYS))})",
+                )
             missing = [k for k in ("numerator", "denominator") if k not in parts]
             for k in missing:
                 self.error(key_node, f"ratio {name!r} has no {k!r}")
@@ -562,8 +645,11 @@ class _FileParser:
             if "field" in parts:
                 field_name = self.string(parts["field"][1], f"ratio {name!r} field") or ""
                 if field_name not in RATIO_FIELDS:
-                    self.error(parts["field"][1], f"ratio {name!r} field {field_name!r} is not "
-                               f"one of {', '.join(RATIO_FIELDS)}")
+                    self.error(
+                        parts["field"][1],
+                        f"ratio {name!r} field {field_name!r} is not "
+                        f"one of {', '.join(RATIO_FIELDS)}",
+                    )
                     continue
             scale = 100.0
             if "scale" in parts:
@@ -575,8 +661,9 @@ class _FileParser:
                 out.append(Ratio(name, num, den, field_name, scale))
         return tuple(out)
 
-    def _str_map(self, node: yaml.Node, what: str,
-                 key_pattern: re.Pattern[str] | None) -> dict[str, str] | None:
+    def _str_map(
+        self, node: yaml.Node, what: str, key_pattern: re.Pattern[str] | None
+    ) -> dict[str, str] | None:
         spec = self.mapping(node, what)
         if spec is None:
             return None
@@ -611,9 +698,15 @@ class _FileParser:
             self.error(node, str(exc).replace("condition", what, 1))
             return None
 
-    def _check_symbols(self, node: yaml.Node, what: str, symbols: frozenset[str],
-                       metric: MetricSelector | None, has_metric: bool,
-                       threshold: float | None) -> None:
+    def _check_symbols(
+        self,
+        node: yaml.Node,
+        what: str,
+        symbols: frozenset[str],
+        metric: MetricSelector | None,
+        has_metric: bool,
+        threshold: float | None,
+    ) -> None:
         if "threshold" in symbols and threshold is None:
             self.error(node, f"{what} uses 'threshold' but the rule sets no threshold")
         if has_metric and metric is None:
@@ -621,12 +714,14 @@ class _FileParser:
         for name in sorted(symbols & set(RESOURCE_FIELDS)):
             if metric is None or metric.name != name:
                 reads = metric.name if metric is not None else "no metric"
-                self.error(node, f"{what} uses {name!r}, which exists only in rules on metric "
-                           f"{name!r} (this rule reads {reads})")
+                self.error(
+                    node,
+                    f"{what} uses {name!r}, which exists only in rules on metric "
+                    f"{name!r} (this rule reads {reads})",
+                )
         if metric is None:
             for name in sorted(symbols & _BASE_FIELDS):
-                self.error(node, f"{what} uses {name!r} but the rule has no metric (only "
-                           "ratios)")
+                self.error(node, f"{what} uses {name!r} but the rule has no metric (only ratios)")
 
 
 def _kind(node: yaml.Node) -> str:

@@ -92,8 +92,7 @@ class AlertStore:
         ``<prefix>:rules:status`` (JSON) for the health endpoint and the exporter."""
         status = {"rules": rules, "errors": [str(e) for e in errors], "updated_at": time.time()}
         try:
-            self._client().set(self._settings.streams.key("rules", "status"),
-                               orjson.dumps(status))
+            self._client().set(self._settings.streams.key("rules", "status"), orjson.dumps(status))
         except redis.RedisError as exc:
             log.warning("could not publish rule status: %s", exc)
 
@@ -109,15 +108,20 @@ class AlertStore:
     # -- internals -------------------------------------------------------------------------
     def _client(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = redis.Redis.from_url(self._settings.redis_url, socket_timeout=10,
-                                               socket_connect_timeout=5)
+            self._redis = redis.Redis.from_url(
+                self._settings.redis_url, socket_timeout=10, socket_connect_timeout=5
+            )
         return self._redis
 
     def _xadd(self, transitions: Sequence[AlertTransition]) -> None:
         pipe = self._client().pipeline(transaction=False)
         for t in transitions:
-            pipe.xadd(self._stream, t.to_fields(),  # type: ignore[arg-type]
-                      maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.xadd(
+                self._stream,
+                t.to_fields(),  # type: ignore[arg-type]
+                maxlen=STREAM_MAXLEN,
+                approximate=True,
+            )
         pipe.execute()
 
     def _apply(self, transitions: Sequence[AlertTransition]) -> None:
@@ -127,19 +131,34 @@ class AlertStore:
         with db.transaction(), db.cursor() as cur:
             for t in transitions:
                 at = datetime.fromtimestamp(t.at, UTC)
-                details = Jsonb({"rule_id": t.rule_id, "severity": t.severity.value,
-                                 "key": t.key, **({"reason": t.annotations["reason"]}
-                                                  if "reason" in t.annotations else {})})
-                cur.execute(_INSERT_EVENT, (t.fingerprint, t.from_state.value, t.to_state.value,
-                                            at, t.value, details))
+                details = Jsonb(
+                    {
+                        "rule_id": t.rule_id,
+                        "severity": t.severity.value,
+                        "key": t.key,
+                        **(
+                            {"reason": t.annotations["reason"]} if "reason" in t.annotations else {}
+                        ),
+                    }
+                )
+                cur.execute(
+                    _INSERT_EVENT,
+                    (t.fingerprint, t.from_state.value, t.to_state.value, at, t.value, details),
+                )
                 event = cur.fetchone()
                 if event is None:
                     continue  # replayed: already applied
                 params = {
-                    "fp": t.fingerprint, "rule_id": t.rule_id, "rule_name": t.rule_name,
-                    "severity": t.severity.value, "state": t.to_state.value,
-                    "tenant": t.tenant, "labels": Jsonb(dict(t.labels)),
-                    "annotations": Jsonb(dict(t.annotations)), "value": t.value, "at": at,
+                    "fp": t.fingerprint,
+                    "rule_id": t.rule_id,
+                    "rule_name": t.rule_name,
+                    "severity": t.severity.value,
+                    "state": t.to_state.value,
+                    "tenant": t.tenant,
+                    "labels": Jsonb(dict(t.labels)),
+                    "annotations": Jsonb(dict(t.annotations)),
+                    "value": t.value,
+                    "at": at,
                     "fired_at": at if t.to_state is AlertState.FIRING else None,
                 }
                 if t.to_state in (AlertState.PENDING, AlertState.FIRING):
@@ -148,24 +167,38 @@ class AlertStore:
                     cur.execute(_CLOSE, params)
                 alert = cur.fetchone()
                 if alert is not None:
-                    cur.execute("UPDATE alert_events SET alert_id = %s WHERE id = %s",
-                                (alert[0], event[0]))
+                    cur.execute(
+                        "UPDATE alert_events SET alert_id = %s WHERE id = %s", (alert[0], event[0])
+                    )
 
-    def _retry(self, what: str, step: Callable[[Sequence[AlertTransition]], None],
-               transitions: Sequence[AlertTransition]) -> None:
+    def _retry(
+        self,
+        what: str,
+        step: Callable[[Sequence[AlertTransition]], None],
+        transitions: Sequence[AlertTransition],
+    ) -> None:
         delay = 0.1
         while True:
             try:
                 step(transitions)
                 return
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError,
-                    psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except (
+                redis.ConnectionError,
+                redis.TimeoutError,
+                redis.ResponseError,
+                psycopg.OperationalError,
+                psycopg.InterfaceError,
+            ) as exc:
                 if self._closed:
                     raise
                 self._reset(what)
-                log.warning("%s unavailable while recording %d alert transition(s): %s; "
-                            "retrying in %.1f s", what, len(transitions),
-                            str(exc).strip() or type(exc).__name__, delay)
+                log.warning(
+                    "%s unavailable while recording %d alert transition(s): %s; retrying in %.1f s",
+                    what,
+                    len(transitions),
+                    str(exc).strip() or type(exc).__name__,
+                    delay,
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, self._max_backoff)
 

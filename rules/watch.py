@@ -72,7 +72,8 @@ class RuleWatcher:
                 continue  # deleted between listing and stat: gone
             stamps[path] = (st.st_mtime_ns, st.st_size, st.st_ino)
         if stamps == self._stamps and [str(e) for e in dir_errors] == [
-                str(e) for e in self._dir_errors]:
+            str(e) for e in self._dir_errors
+        ]:
             return False
         for path, stamp in stamps.items():
             if self._stamps.get(path) != stamp:
@@ -81,9 +82,14 @@ class RuleWatcher:
                 if result.ok:
                     self._good[path] = result
                 else:
-                    log.warning("rule file %s has %d problem(s); %s", path, len(result.errors),
-                                "keeping its last good version" if path in self._good
-                                else "loading its valid rules")
+                    log.warning(
+                        "rule file %s has %d problem(s); %s",
+                        path,
+                        len(result.errors),
+                        "keeping its last good version"
+                        if path in self._good
+                        else "loading its valid rules",
+                    )
         for path in set(self._current) - set(stamps):
             del self._current[path]
             self._good.pop(path, None)
@@ -99,6 +105,10 @@ class RuleWatcher:
         rules, dup_errors = assemble(active)
         self.rules = rules
         self.errors = errors + dup_errors
-        log.info("rules loaded: %d rules from %d files, %d problem(s)", len(rules), len(stamps),
-                 len(self.errors))
+        log.info(
+            "rules loaded: %d rules from %d files, %d problem(s)",
+            len(rules),
+            len(stamps),
+            len(self.errors),
+        )
         return True

@@ -28,41 +28,78 @@ class Workload:
 
 
 def _http(start: float, width: int, values: list[float], failures: int) -> list[WindowResult]:
-    return [window("http_request", start, values, width=width, failures=failures,
-                   service="signing", endpoint="/api/v1/sign", method="POST")]
+    return [
+        window(
+            "http_request",
+            start,
+            values,
+            width=width,
+            failures=failures,
+            service="signing",
+            endpoint="/api/v1/sign",
+            method="POST",
+        )
+    ]
 
 
 def _system(name: str, value: float, **labels: str) -> Callable[[float, int], list[WindowResult]]:
     def make(start: float, width: int) -> list[WindowResult]:
         return [window(name, start, [value, value], width=width, type="system", **labels)]
+
     return make
 
 
 def _quota(value: float) -> Callable[[float, int], list[WindowResult]]:
     def make(start: float, width: int) -> list[WindowResult]:
-        return [window("quota_utilization", start, [value], width=width, type="usage",
-                       tenant="tenant-1", resource="signatures")]
+        return [
+            window(
+                "quota_utilization",
+                start,
+                [value],
+                width=width,
+                type="usage",
+                tenant="tenant-1",
+                resource="signatures",
+            )
+        ]
+
     return make
 
 
 WORKLOADS = [
-    Workload("high_error_rate",
-             lambda s, w: _http(s, w, [0.1] * 20, failures=4),  # 20 % errors
-             lambda s, w: _http(s, w, [0.1] * 20, failures=0),
-             {"service": "signing", "endpoint": "/api/v1/sign"}),
-    Workload("slow_response_time",
-             lambda s, w: _http(s, w, [2.5, 3.5], failures=0),  # avg 3 s
-             lambda s, w: _http(s, w, [0.2, 0.3], failures=0),
-             {"service": "signing", "endpoint": "/api/v1/sign"}),
-    Workload("low_disk_space", _system("disk_usage", 91, host="db-1", mount="/var"),
-             _system("disk_usage", 40, host="db-1", mount="/var"),
-             {"host": "db-1", "mount": "/var"}),
-    Workload("quota_exceeded", _quota(96), _quota(30), {"resource": "signatures"},
-             tenant="tenant-1"),
-    Workload("high_cpu", _system("cpu_usage", 97, host="app-1"),
-             _system("cpu_usage", 15, host="app-1"), {"host": "app-1"}),
-    Workload("high_memory", _system("memory_usage", 98, host="app-2"),
-             _system("memory_usage", 60, host="app-2"), {"host": "app-2"}),
+    Workload(
+        "high_error_rate",
+        lambda s, w: _http(s, w, [0.1] * 20, failures=4),  # 20 % errors
+        lambda s, w: _http(s, w, [0.1] * 20, failures=0),
+        {"service": "signing", "endpoint": "/api/v1/sign"},
+    ),
+    Workload(
+        "slow_response_time",
+        lambda s, w: _http(s, w, [2.5, 3.5], failures=0),  # avg 3 s
+        lambda s, w: _http(s, w, [0.2, 0.3], failures=0),
+        {"service": "signing", "endpoint": "/api/v1/sign"},
+    ),
+    Workload(
+        "low_disk_space",
+        _system("disk_usage", 91, host="db-1", mount="/var"),
+        _system("disk_usage", 40, host="db-1", mount="/var"),
+        {"host": "db-1", "mount": "/var"},
+    ),
+    Workload(
+        "quota_exceeded", _quota(96), _quota(30), {"resource": "signatures"}, tenant="tenant-1"
+    ),
+    Workload(
+        "high_cpu",
+        _system("cpu_usage", 97, host="app-1"),
+        _system("cpu_usage", 15, host="app-1"),
+        {"host": "app-1"},
+    ),
+    Workload(
+        "high_memory",
+        _system("memory_usage", 98, host="app-2"),
+        _system("memory_usage", 60, host="app-2"),
+        {"host": "app-2"},
+    ),
 ]
 
 
@@ -85,8 +122,10 @@ def test_each_default_rule_fires_and_resolves(load: Workload) -> None:
 
     fired_at = T0 + n_bad * width
     expected = [("inactive", "pending", T0 + width)] if rule.for_s > width else []
-    expected += [("pending" if expected else "inactive", "firing", fired_at),
-                 ("firing", "resolved", clear_start + n_good * width)]
+    expected += [
+        ("pending" if expected else "inactive", "firing", fired_at),
+        ("firing", "resolved", clear_start + n_good * width),
+    ]
     assert states(out) == expected
     fp = fingerprint(rule.id, load.tenant, sorted(load.labels.items()))
     for t in out:
@@ -113,12 +152,16 @@ annotations:
   summary: "{{ value }} % of {{ count }} failed on {{ labels.endpoint }} ({{ labels.team }})"
   description: "p95 {{ p95 }} s, rule {{ rule_id }} ({{ severity }}), limit {{ threshold }}"
 """)
-    out = feed(Evaluator(rules), [window("http_request", T0, [0.1, 0.2, 0.3, 0.4], failures=1,
-                                         endpoint="/a")])
+    out = feed(
+        Evaluator(rules),
+        [window("http_request", T0, [0.1, 0.2, 0.3, 0.4], failures=1, endpoint="/a")],
+    )
     (t,) = out
     assert t.to_state is AlertState.FIRING and t.value == 25.0
-    assert t.annotations == {"summary": "25 % of 4 failed on /a (signing)",
-                             "description": "p95 0.4 s, rule errors (critical), limit 5"}
+    assert t.annotations == {
+        "summary": "25 % of 4 failed on /a (signing)",
+        "description": "p95 0.4 s, rule errors (critical), limit 5",
+    }
     assert dict(t.labels) == {"team": "signing", "endpoint": "/a"}
 
 
@@ -174,8 +217,9 @@ threshold: 5
     windows = [
         # service a: 4 % and 8 % errors on two endpoints / tenants -> 6 % for the service
         window("http_request", T0, [0.1] * 100, failures=4, service="a", endpoint="/x"),
-        window("http_request", T0, [0.1] * 100, failures=8, service="a", endpoint="/y",
-               tenant="t2"),
+        window(
+            "http_request", T0, [0.1] * 100, failures=8, service="a", endpoint="/y", tenant="t2"
+        ),
         # service b: 8 % on one endpoint, 0 % on a busier one -> 2 % for the service
         window("http_request", T0, [0.1] * 100, failures=8, service="b", endpoint="/x"),
         window("http_request", T0, [0.1] * 300, failures=0, service="b", endpoint="/y"),
@@ -183,7 +227,8 @@ threshold: 5
     ]
     out = feed(Evaluator(rules), windows)
     assert [(t.labels, t.value, t.to_state) for t in out] == [
-        ({"service": "a"}, 6.0, AlertState.FIRING)]
+        ({"service": "a"}, 6.0, AlertState.FIRING)
+    ]
     assert out[0].fingerprint == fingerprint("errors", "", [("service", "a")])
 
 
@@ -217,16 +262,21 @@ ratios:
 condition: conversion_rate < threshold
 threshold: 2
 """)
+
     def visits(tenant: str, n: int) -> WindowResult:
         return window("landing_visit", T0, [1.0] * n, tenant=tenant, type="business_event")
 
     def signups(tenant: str, n: int) -> WindowResult:
         return window("user_signup", T0, [1.0] * n, tenant=tenant, type="business_event")
 
-    windows = [visits("t1", 200), signups("t1", 2),  # 1 % -> fires
-               visits("t2", 100), signups("t2", 5),  # 5 % -> fine
-               visits("t3", 50),  # no signups at all: 0 % -> fires
-               signups("t4", 3)]  # no visits: undefined, no data
+    windows = [
+        visits("t1", 200),
+        signups("t1", 2),  # 1 % -> fires
+        visits("t2", 100),
+        signups("t2", 5),  # 5 % -> fine
+        visits("t3", 50),  # no signups at all: 0 % -> fires
+        signups("t4", 3),
+    ]  # no visits: undefined, no data
     ev = Evaluator(rules)
     out = feed(ev, windows)
     assert sorted((t.tenant, t.value) for t in out) == [("t1", 1.0), ("t3", 0.0)]
@@ -247,8 +297,13 @@ rules:
     condition: errors > 0
 """)
     ev = Evaluator(rules)
-    out = feed(ev, [window("http_request", T0, [0.1, 0.1], failures=1, endpoint="/a"),
-                    window("http_request", T0, [0.1], failures=1, endpoint="/b")])
+    out = feed(
+        ev,
+        [
+            window("http_request", T0, [0.1, 0.1], failures=1, endpoint="/a"),
+            window("http_request", T0, [0.1], failures=1, endpoint="/b"),
+        ],
+    )
     assert [(t.rule_id, t.to_state) for t in out] == [("errors", AlertState.FIRING)]
     errors = ev.drain_errors()
     assert len(errors) == 1
@@ -275,16 +330,16 @@ rules:
     keep_firing_for: 0s
 """)
     values = [90, 70, 90, 70, 90, 70, 70, 60, 40]  # flaps around 80, then clears
-    windows = [window("cpu_usage", T0 + i * 10, [v], type="system") for i, v in
-               enumerate(values)]
+    windows = [window("cpu_usage", T0 + i * 10, [v], type="system") for i, v in enumerate(values)]
     out = feed(Evaluator(rules), windows)
     by_rule = {rid: states(t for t in out if t.rule_id == rid) for rid in ("flappy", "hysteresis")}
     # flappy: fires once; resolves only after 30 s of clear windows (70, 70, 60)
-    assert by_rule["flappy"] == [("inactive", "firing", T0 + 10),
-                                 ("firing", "resolved", T0 + 80)]
+    assert by_rule["flappy"] == [("inactive", "firing", T0 + 10), ("firing", "resolved", T0 + 80)]
     # hysteresis: fires once, resolves at the first window below 50
-    assert by_rule["hysteresis"] == [("inactive", "firing", T0 + 10),
-                                     ("firing", "resolved", T0 + 90)]
+    assert by_rule["hysteresis"] == [
+        ("inactive", "firing", T0 + 10),
+        ("firing", "resolved", T0 + 90),
+    ]
 
 
 def test_no_data_ends_pending_and_resolves_firing_alerts() -> None:
@@ -305,15 +360,23 @@ rules:
     no_data_after: 1m
 """)
     ev = Evaluator(rules)
-    out = feed(ev, [window("cpu_usage", T0, [95], type="system", host="gone"),
-                    window("cpu_usage", T0 + 30, [95], type="system", host="gone")])
+    out = feed(
+        ev,
+        [
+            window("cpu_usage", T0, [95], type="system", host="gone"),
+            window("cpu_usage", T0 + 30, [95], type="system", host="gone"),
+        ],
+    )
     assert states(out) == [("inactive", "firing", T0 + 10), ("inactive", "pending", T0 + 10)]
     # another host keeps the watermark moving; "gone" sends nothing after T0 + 40
-    keep = [window("cpu_usage", T0 + i * 10, [10], type="system", host="other")
-            for i in range(4, 12)]
+    keep = [
+        window("cpu_usage", T0 + i * 10, [10], type="system", host="other") for i in range(4, 12)
+    ]
     out = feed(ev, keep)
     assert sorted((t.rule_id, t.from_state.value, t.to_state.value, t.at) for t in out) == [
-        ("fires", "firing", "resolved", T0 + 100), ("waits", "pending", "inactive", T0 + 100)]
+        ("fires", "firing", "resolved", T0 + 100),
+        ("waits", "pending", "inactive", T0 + 100),
+    ]
     assert all(t.annotations.get("reason") == "no data" and t.value == 95 for t in out)
     assert ev.open_alerts == 0
 
@@ -328,11 +391,14 @@ for: 40s
 """)
     windows = [window("cpu_usage", T0 + i * 10, [95], type="system") for i in (0, 2, 4)]
     assert states(feed(Evaluator(rules), windows)) == [
-        ("inactive", "pending", T0 + 10), ("pending", "firing", T0 + 50)]
+        ("inactive", "pending", T0 + 10),
+        ("pending", "firing", T0 + 50),
+    ]
 
 
-def _run(rules_text: str, windows: list[WindowResult], restart_after: float | None
-         ) -> list[tuple[str, str, float]]:
+def _run(
+    rules_text: str, windows: list[WindowResult], restart_after: float | None
+) -> list[tuple[str, str, float]]:
     """Feed windows; when ``restart_after`` is set, snapshot and restore after that end."""
     rules = rules_from(rules_text)
     ev = Evaluator(rules)
@@ -358,15 +424,22 @@ keep_firing_for: 20s
 """
 
 
-@pytest.mark.parametrize("restart_after", [T0 + 20, T0 + 40, T0 + 70, T0 + 80],
-                         ids=["pending", "firing", "firing-while-clearing", "after-resolve"])
+@pytest.mark.parametrize(
+    "restart_after",
+    [T0 + 20, T0 + 40, T0 + 70, T0 + 80],
+    ids=["pending", "firing", "firing-while-clearing", "after-resolve"],
+)
 def test_restart_neither_duplicates_a_firing_nor_loses_a_resolve(restart_after: float) -> None:
     values = [95, 95, 95, 95, 95, 95, 20, 20, 20, 20]  # pending@10, firing@30, resolved@80
-    windows = [window("cpu_usage", T0 + i * 10, [v], type="system", host="h") for i, v in
-               enumerate(values)]
+    windows = [
+        window("cpu_usage", T0 + i * 10, [v], type="system", host="h") for i, v in enumerate(values)
+    ]
     reference = _run(RESTART_RULE, windows, None)
-    assert reference == [("inactive", "pending", T0 + 10), ("pending", "firing", T0 + 30),
-                         ("firing", "resolved", T0 + 80)]
+    assert reference == [
+        ("inactive", "pending", T0 + 10),
+        ("pending", "firing", T0 + 30),
+        ("firing", "resolved", T0 + 80),
+    ]
     assert _run(RESTART_RULE, windows, restart_after) == reference
 
 
@@ -376,12 +449,16 @@ def test_snapshot_keeps_buffered_windows_and_queued_transitions() -> None:
     feed(ev, [window("cpu_usage", T0, [95], type="system", host="h")])
     ev.set_rules(rules_from(RESTART_RULE.replace("id: high_cpu", "id: renamed")))
     ev.add([window("cpu_usage", T0 + 10, [95], type="system", host="h")])  # not advanced yet
-    restored = Evaluator(rules_from(RESTART_RULE.replace("id: high_cpu", "id: renamed")),
-                         ev.snapshot())
+    restored = Evaluator(
+        rules_from(RESTART_RULE.replace("id: high_cpu", "id: renamed")), ev.snapshot()
+    )
     out = restored.advance(T0 + 20)
-    assert [(t.rule_id, t.from_state.value, t.to_state.value, t.annotations.get("reason"))
-            for t in out] == [("high_cpu", "pending", "inactive", "rule removed"),
-                              ("renamed", "inactive", "pending", None)]
+    assert [
+        (t.rule_id, t.from_state.value, t.to_state.value, t.annotations.get("reason")) for t in out
+    ] == [
+        ("high_cpu", "pending", "inactive", "rule removed"),
+        ("renamed", "inactive", "pending", None),
+    ]
 
 
 def test_set_rules_keeps_state_of_edited_rules_and_resolves_removed_ones() -> None:
@@ -409,11 +486,18 @@ annotations: {summary: "edited"}
     ev.set_rules(rules_from(edited))
     out = feed(ev, [window("cpu_usage", T0 + 10, [95], type="system")])
     assert [(t.rule_id, t.to_state, t.severity, t.at, t.annotations) for t in out] == [
-        ("goes", AlertState.RESOLVED, Severity.CRITICAL, T0 + 10, {"reason": "rule removed"})]
-    out = feed(ev, [window("cpu_usage", T0 + 20, [10], type="system"),
-                    window("cpu_usage", T0 + 30, [10], type="system")])
+        ("goes", AlertState.RESOLVED, Severity.CRITICAL, T0 + 10, {"reason": "rule removed"})
+    ]
+    out = feed(
+        ev,
+        [
+            window("cpu_usage", T0 + 20, [10], type="system"),
+            window("cpu_usage", T0 + 30, [10], type="system"),
+        ],
+    )
     assert [(t.rule_id, t.to_state, t.severity, t.annotations) for t in out] == [
-        ("stays", AlertState.RESOLVED, Severity.CRITICAL, {"summary": "edited"})]
+        ("stays", AlertState.RESOLVED, Severity.CRITICAL, {"summary": "edited"})
+    ]
 
 
 def test_a_corrupt_snapshot_is_a_clear_error() -> None:

@@ -38,7 +38,8 @@ def test_each_problem_of_a_broken_file_is_reported_on_its_line(path: Path) -> No
     assert expected, f"{path.name} has no '# error:' markers"
     for line, text in expected:
         assert any(g_line == line and text in problem for g_line, problem in got), (
-            f"expected at line {line}: {text!r}; got {got}")
+            f"expected at line {line}: {text!r}; got {got}"
+        )
     assert len(got) == len(expected), f"unexpected extra problems: {got} vs {expected}"
 
 
@@ -78,7 +79,9 @@ def test_escalation_policy_files_and_empty_files_are_skipped() -> None:
 def test_rules_are_indexed_by_metric_name_and_window() -> None:
     rules, _ = load_rules([REPO / "rules", CORPUS / "good"])
     assert [r.id for r in rules.matching("http_request", 10)] == [
-        "high_error_rate", "slow_response_time"]
+        "high_error_rate",
+        "slow_response_time",
+    ]
     assert [r.id for r in rules.matching("cpu_usage", 60)] == ["high_cpu"]
     assert rules.matching("cpu_usage", 10) == ()
     assert [r.id for r in rules.matching("landing_visit", 3600)] == ["low_conversion"]
@@ -139,10 +142,18 @@ def test_label_matchers_select_series(tmp_path: Path) -> None:
     assert not rule.metric.matches(series("t2", method="GET", endpoint="/api/x"))
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("30s", 30), ("5m", 300), ("1h30m", 5400), ("2d", 172800), ("500ms", 0.5), (15, 15),
-    ("1.5h", 5400),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("2d", 172800),
+        ("500ms", 0.5),
+        (15, 15),
+        ("1.5h", 5400),
+    ],
+)
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
