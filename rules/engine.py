@@ -46,6 +46,7 @@ import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -101,20 +102,19 @@ class _Alert:
         ]
 
     @classmethod
-    def from_list(cls, row: list[object]) -> _Alert:
+    def from_list(cls, row: list[Any]) -> _Alert:
         rule_id, severity, tenant, labels, state, active, last, clear, value = row
-        assert isinstance(rule_id, str) and isinstance(tenant, str) and isinstance(labels, list)
         return cls(
-            rule_id,
-            Severity(str(severity)),
-            tenant,
+            str(rule_id),
+            Severity(severity),
+            str(tenant),
             tuple((str(k), str(v)) for k, v in labels),
             AlertState(state),
-            float(active),  # type: ignore[arg-type]
+            float(active),
             float(last),
-            None if clear is None else float(clear),  # type: ignore[arg-type]
+            None if clear is None else float(clear),
             None if value is None else float(value),
-        )  # type: ignore[arg-type]
+        )
 
 
 @dataclass(slots=True)
