@@ -83,6 +83,7 @@ class Notifier:
         consumer: str | None = None,
         poll_interval: float = 0.25,
         health_interval: float = 2.0,
+        db_timeout: float = 10.0,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -90,6 +91,7 @@ class Notifier:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.poll_interval = poll_interval
         self.health_interval = health_interval
+        self.db_timeout = db_timeout
         self.retry = RetryPolicy(
             settings.notifier_retry_base,
             settings.notifier_retry_max,
@@ -125,14 +127,13 @@ class Notifier:
             min_size=1,
             max_size=6,
             open=False,
-            timeout=10,
+            timeout=self.db_timeout,
             kwargs={
                 "options": "-c timezone=UTC",
                 "application_name": "qesmon-notifier",
                 "autocommit": True,
             },
             check=AsyncConnectionPool.check_connection,
-            reconnect_timeout=0,
         )
         await self.pool.open(wait=False)
         self.session = aiohttp.ClientSession()

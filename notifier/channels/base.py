@@ -127,7 +127,6 @@ class Channel(ABC):
         json_body: Any = None,
         form: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        auth: aiohttp.BasicAuth | None = None,
         timeout: float = 10.0,
     ) -> tuple[int, bytes]:
         """POST and return ``(status, body)`` for a 2xx; raise DeliveryError otherwise."""
@@ -143,7 +142,6 @@ class Channel(ABC):
                 url,
                 data=data,
                 headers=hdrs,
-                auth=auth,
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as resp:

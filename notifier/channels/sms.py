@@ -11,10 +11,10 @@ idempotency key, so a retry after a timeout can send an SMS twice.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
 from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
@@ -102,7 +102,8 @@ class Sms(Channel):
             f"{config['api_url'].rstrip('/')}/2010-04-01/Accounts/"
             f"{config['account_sid']}/Messages.json"
         )
-        auth = aiohttp.BasicAuth(config["account_sid"], config["auth_token"])
+        token = base64.b64encode(f"{config['account_sid']}:{config['auth_token']}".encode())
+        headers = {"Authorization": "Basic " + token.decode()}
         sids = []
         status = None
         for to in config["to"]:
@@ -115,7 +116,7 @@ class Sms(Channel):
                 if config.get("status_callback"):
                     form["StatusCallback"] = config["status_callback"]
                 status, raw = await self.post(
-                    env.session, url, form=form, auth=auth, timeout=config.get("timeout", 10.0)
+                    env.session, url, form=form, headers=headers, timeout=config.get("timeout", 10.0)
                 )
                 sid = _sid(raw)
                 if sid:
