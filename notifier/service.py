@@ -30,6 +30,7 @@ import os
 import random
 import signal
 import socket
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -107,7 +108,7 @@ class Notifier:
         self._stopping = asyncio.Event()
         self._rng = random.Random()
         self._own_pending = True
-        self._last_claim = 0.0
+        self._last_claim = -1e9
         self.ready = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -247,7 +248,7 @@ class Notifier:
             await self._ensure_group()
             self.ready.set()
         entries: list[Any] = []
-        now = self.clock.now()
+        now = time.monotonic()  # Redis idle times are wall time, whatever our clock says
         if self._own_pending:
             # our own unacknowledged entries first (after an error, or a restart under the
             # same consumer name)

@@ -54,6 +54,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     hang: bool = False
+    delay: float = 0.0
 
 
 class Receiver:
@@ -92,6 +93,8 @@ class Receiver:
                                      dict(request.headers), body, time.time(), answer.status))
         if answer.hang:
             await asyncio.sleep(30)
+        if answer.delay:
+            await asyncio.sleep(answer.delay)
         return web.Response(status=answer.status, headers=answer.headers, body=answer.body)
 
     def bodies(self) -> list[Any]:
