@@ -130,9 +130,13 @@ def build_flow(
     batch_size: int = 1000,
     poll_interval: float = 0.05,
     trim_after: float | None = None,
+    stop_at: str | None = None,
 ) -> Dataflow:
-    """The whole dataflow for ``settings``; ``trim_after`` = seconds behind a snapshot after
-    which stream entries are trimmed (None: never trim)."""
+    """The whole dataflow for ``settings``.
+
+    ``trim_after``: seconds behind a snapshot after which stream entries are trimmed (None:
+    never trim); ``stop_at``: end after this entry ID (bounded runs, benchmarks).
+    """
     flow = Dataflow("qesmon")
     source = RedisStreamSource(
         settings.redis_url,
@@ -141,13 +145,16 @@ def build_flow(
         poll_interval=poll_interval,
         trim_after=trim_after,
         stats=stats,
+        stop_at=stop_at,
     )
     reads = op.input("read", flow, source)
     parsed = op.map_value("parse", reads, parse_batch)
     outputs = op.stateful("window", parsed, lambda resume: WindowLogic(settings, stats, resume))
     results = op.filter_map("rollups", outputs, lambda kv: kv[1].results or None)
     op.output(
-        "write_rollups", results, RollupSink(settings.database_url, settings.watermark_wait, stats)
+        "write_rollups",
+        results,
+        RollupSink(settings.database_url, settings.watermark_wait, settings.window_seconds, stats),
     )
     dead = op.filter_map("dead", outputs, lambda kv: kv[1].dead or None)
     op.output("write_dead", dead, DeadLetterSink(settings.redis_url, settings.streams.dead))

@@ -105,10 +105,16 @@ class RollupWriter:
     """Idempotent batch writer of window results into ``metric_rollups``."""
 
     def __init__(
-        self, database_url: str, *, wait: float = 0.0, stats: PipelineStats | None = None
+        self,
+        database_url: str,
+        *,
+        wait: float = 0.0,
+        base_width: int = 10,
+        stats: PipelineStats | None = None,
     ) -> None:
         self.database_url = database_url
         self.wait = wait
+        self.base_width = base_width
         self.stats = stats
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._series_ids: dict[Series, int] = {}
@@ -127,7 +133,7 @@ class RollupWriter:
             self.stats.incr("sink_rows_total", len(batch))
             self.stats.set_gauge("sink_batch_seconds", time.perf_counter() - started)
             for result in batch:
-                if result.revision == 0 and result.width_s == batch[0].width_s:
+                if result.revision == 0 and result.width_s == self.base_width:
                     self.stats.record_close_delay(done - (result.end + self.wait))
 
     def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
@@ -249,13 +255,18 @@ class _WriterPartition(StatelessSinkPartition[list[Any]]):
 class RollupSink(DynamicSink[list[WindowResult]]):
     """Bytewax sink: lists of window results -> :class:`RollupWriter` (one per worker)."""
 
-    def __init__(self, database_url: str, wait: float, stats: PipelineStats | None) -> None:
+    def __init__(
+        self, database_url: str, wait: float, base_width: int, stats: PipelineStats | None
+    ) -> None:
         self.database_url = database_url
         self.wait = wait
+        self.base_width = base_width
         self.stats = stats
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _WriterPartition:
-        writer = RollupWriter(self.database_url, wait=self.wait, stats=self.stats)
+        writer = RollupWriter(
+            self.database_url, wait=self.wait, base_width=self.base_width, stats=self.stats
+        )
         return _WriterPartition(writer.write, writer.close)
 
 

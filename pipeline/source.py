@@ -1,5 +1,8 @@
 """A resumable, partitioned Bytewax source over the Redis stream shards.
 
+(``stop_at`` makes a partition end after a given entry ID; benchmarks use it to run a
+bounded replay. In production the source never ends.)
+
 One partition per shard (``qes:metrics`` or ``qes:metrics:0..N-1``). Each ``next_batch`` does
 one ``XREAD COUNT`` without ``BLOCK`` (blocking would stall the worker) and hands the whole
 read downstream as a single item, so Bytewax's per-item cost is paid per read, not per event.
@@ -28,6 +31,8 @@ from pipeline.health import PipelineStats
 log = logging.getLogger(__name__)
 
 Entry = tuple[str, dict[str, str]]
+TARGET_EVENTS = 20_000
+BYTES_PER_EVENT = 150  # rough size of one event in an `events` batch, to estimate counts
 
 
 @dataclass(slots=True)
@@ -55,8 +60,10 @@ class RedisStreamSource(FixedPartitionedSource[tuple[str, ReadBatch], SourceStat
         poll_interval: float = 0.05,
         trim_after: float | None = 60.0,
         stats: PipelineStats | None = None,
+        stop_at: str | None = None,
     ) -> None:
         self.redis_url = redis_url
+        self.stop_at = stop_at
         self.streams = streams
         self.batch_size = batch_size
         self.poll_interval = poll_interval
@@ -79,7 +86,13 @@ class RedisStreamSource(FixedPartitionedSource[tuple[str, ReadBatch], SourceStat
             poll_interval=self.poll_interval,
             trim_after=self.trim_after,
             stats=self.stats,
+            stop_at=self.stop_at,
         )
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 class StreamPartition(StatefulSourcePartition[tuple[str, ReadBatch], SourceState]):
@@ -96,12 +109,17 @@ class StreamPartition(StatefulSourcePartition[tuple[str, ReadBatch], SourceState
         poll_interval: float,
         trim_after: float | None,
         stats: PipelineStats | None,
+        stop_at: str | None = None,
     ) -> None:
         self.client = client
+        self._stop_at = _id_key(stop_at) if stop_at else None
         self.stream = stream
         self.last_id = last_id
         self.entries_read = entries_read
         self.batch_size = batch_size
+        # entries per XREAD: batch_size for one-event entries, fewer for `events` batches so
+        # that one read holds about TARGET_EVENTS events (memory and latency stay bounded)
+        self._count = batch_size
         self.poll_interval = poll_interval
         self.trim_after = trim_after
         self.stats = stats
@@ -114,8 +132,10 @@ class StreamPartition(StatefulSourcePartition[tuple[str, ReadBatch], SourceState
         log.info("reading %s from %s", stream, last_id)
 
     def next_batch(self) -> list[tuple[str, ReadBatch]]:
+        if self._stop_at is not None and _id_key(self.last_id) >= self._stop_at:
+            raise StopIteration
         try:
-            reply: Any = self.client.xread({self.stream: self.last_id}, count=self.batch_size)
+            reply: Any = self.client.xread({self.stream: self.last_id}, count=self._count)
             self._maybe_report_lag()
         except redis.RedisError as exc:
             self._backoff = min(self._backoff * 2, 5.0)
@@ -127,7 +147,9 @@ class StreamPartition(StatefulSourcePartition[tuple[str, ReadBatch], SourceState
         self._backoff = self.poll_interval
         now = time.time()
         entries: list[Entry] = reply[0][1] if reply else []
-        caught_up = len(entries) < self.batch_size
+        caught_up = len(entries) < self._count
+        if entries:
+            self._adapt_count(entries)
         self._awake = (
             datetime.now(UTC) + timedelta(seconds=self.poll_interval) if caught_up else None
         )
@@ -137,6 +159,11 @@ class StreamPartition(StatefulSourcePartition[tuple[str, ReadBatch], SourceState
         self.last_id = entries[-1][0]
         self.entries_read += len(entries)
         return [(self.stream, ReadBatch(self.stream, entries, now, caught_up))]
+
+    def _adapt_count(self, entries: list[Entry]) -> None:
+        sample = entries[-1][1].get("events")
+        per_entry = max(1, len(sample) // BYTES_PER_EVENT) if sample else 1
+        self._count = max(1, min(self.batch_size, TARGET_EVENTS // per_entry))
 
     def next_awake(self) -> datetime | None:
         return self._awake

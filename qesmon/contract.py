@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from qesmon.errors import ContractError
+
 
 class MetricType(StrEnum):
     """The kinds of event the platform sends; ``custom`` when not given."""
@@ -270,6 +272,20 @@ def _parse_event(obj: Mapping[str, Any], default_ts: float) -> Event:
         labels=_parse_labels(obj.get("labels")),
         success=success,
     )
+
+
+def validate_event(obj: Mapping[str, Any], now: float) -> Event:
+    """Validate one event object as the pipeline will (``now`` stands for the entry's time).
+
+    Raises :class:`~qesmon.errors.ContractError` naming the field; used by the SDK and the API
+    to refuse bad input at the caller's side.
+    """
+    try:
+        return _parse_event(obj, now)
+    except _Invalid as exc:
+        message = str(exc)
+        field, sep, _ = message.partition(":")
+        raise ContractError(message, field if sep and field in FIELDS else None) from None
 
 
 def parse_entry(

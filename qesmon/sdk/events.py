@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from qesmon.contract import FIELDS, MetricType, _Invalid, _parse_event, event_dict
+from qesmon.contract import MetricType, event_dict, validate_event
 from qesmon.errors import ContractError
 from qesmon.vocabulary import HTTP_REQUEST
 
@@ -58,12 +58,7 @@ def validate(event: dict[str, Any], now: float | None = None) -> dict[str, Any]:
             probe["labels"] = orjson.dumps(labels).decode()
         except TypeError as exc:
             raise ContractError(f"labels: not a mapping of str to str ({exc})", "labels") from None
-    try:
-        _parse_event(probe, time.time() if now is None else now)
-    except _Invalid as exc:
-        message = str(exc)
-        field, sep, _ = message.partition(":")
-        raise ContractError(message, field if sep and field in FIELDS else None) from None
+    validate_event(probe, time.time() if now is None else now)
     return event
 
 
