@@ -1,0 +1,361 @@
+"""Prometheus and Alertmanager configuration: promtool/amtool checks, rule unit tests, and
+real servers started here (own ports, own storage) scraping an exporter and delivering
+alerts by email through the repository's Alertmanager routes.
+
+Needs Debian's ``prometheus`` and ``prometheus-alertmanager`` packages (promtool, prometheus,
+amtool, prometheus-alertmanager): ``scripts/setup.sh --test`` installs them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiosmtpd.controller import Controller
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client.exposition import start_http_server
+
+from tests.support.faults import free_port
+from tests.support.processes import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMETHEUS_DIR = ROOT / "prometheus"
+RULES = PROMETHEUS_DIR / "rules" / "qes-alerts.yml"
+ALERTMANAGER_YML = ROOT / "alertmanager" / "alertmanager.yml"
+DASHBOARDS = ROOT / "grafana" / "dashboards" / "qes-monitoring"
+
+#: the six pre-configured alerts of the seed and the pipeline health alerts
+EXPECTED_ALERTS = {
+    "QesHighErrorRate": ("critical", "qes_error_rate"),
+    "QesSlowResponseTime": ("warning", "qes_request_duration_seconds_sum"),
+    "QesLowDiskSpace": ("warning", "qes_system_disk_usage_percent"),
+    "QesQuotaExceeded": ("info", "qes_quota_utilization"),
+    "QesHighCpuUsage": ("warning", "qes_system_cpu_usage_percent"),
+    "QesHighMemoryUsage": ("critical", "qes_system_memory_usage_percent"),
+    "QesPipelineStalled": ("critical", "qes_pipeline_heartbeat_age_seconds"),
+    "QesPipelineLagGrowing": ("warning", "qes_pipeline_lag_entries"),
+    "QesExporterDown": ("critical", 'up{job="qes-monitoring"}'),
+}
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"{name} is missing: install Debian's prometheus packages (scripts/setup.sh --test)"
+        )
+    return path
+
+
+def _run(*args: str, stderr: bool = True) -> str:
+    """Run a tool, fail with its output unless it succeeds; its stdout (and stderr)."""
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + (result.stderr if stderr else "")
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+# ---------------------------------------------------------------- static checks --
+
+
+def test_promtool_accepts_the_config_and_the_rules() -> None:
+    out = _run(_tool("promtool"), "check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
+    assert "SUCCESS: 1 rule files found" in out
+    out = _run(_tool("promtool"), "check", "rules", str(RULES))
+    assert f"SUCCESS: {len(EXPECTED_ALERTS)} rules found" in out
+
+
+def test_promtool_rule_unit_tests_pass() -> None:
+    tests = sorted(str(p) for p in (PROMETHEUS_DIR / "tests").glob("*.yml"))
+    assert tests
+    out = _run(_tool("promtool"), "test", "rules", *tests)
+    assert "SUCCESS" in out
+
+
+def test_every_alert_rule_is_unit_tested_firing_and_quiet() -> None:
+    fired: set[str] = set()
+    quiet: set[str] = set()
+    for path in (PROMETHEUS_DIR / "tests").glob("*.yml"):
+        for test in yaml.safe_load(path.read_text())["tests"]:
+            for case in test.get("alert_rule_test", []):
+                (fired if case.get("exp_alerts") else quiet).add(case["alertname"])
+    assert fired == set(EXPECTED_ALERTS)
+    assert quiet == set(EXPECTED_ALERTS)
+
+
+def test_alert_rules_use_the_exporter_metric_names_and_severities() -> None:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    rules = {r["alert"]: r for g in groups for r in g["rules"]}
+    assert set(rules) == set(EXPECTED_ALERTS)
+    for name, (severity, metric) in EXPECTED_ALERTS.items():
+        assert rules[name]["labels"]["severity"] == severity, name
+        assert metric in rules[name]["expr"], name
+        assert {"summary", "description", "runbook"} <= set(rules[name]["annotations"]), name
+
+
+def test_scrape_job_targets_the_api_exporter_port() -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    targets = [t for sc in jobs["qes-monitoring"]["static_configs"] for t in sc["targets"]]
+    assert targets == ["api:8001"]
+    am = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert am == ["alertmanager:9093"]
+
+
+def test_amtool_accepts_the_alertmanager_config_and_routes_by_severity() -> None:
+    _run(_tool("amtool"), "check-config", str(ALERTMANAGER_YML))
+    expected = {"critical": "oncall-email", "warning": "team-email", "info": "dashboard-only"}
+    for severity, receiver in expected.items():
+        out = _run(
+            _tool("amtool"),
+            "config",
+            "routes",
+            "test",
+            f"--config.file={ALERTMANAGER_YML}",
+            "alertname=QesAnything",
+            f"severity={severity}",
+            stderr=False,
+        )
+        assert out.strip() == receiver, (severity, out)
+
+
+# ---------------------------------------------------------------- real servers --
+
+
+class _Mailbox:
+    """aiosmtpd handler keeping every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.messages.append((list(envelope.rcpt_tos), bytes(envelope.content)))
+        return "250 OK"
+
+
+@pytest.fixture
+def exporter() -> Iterator[int]:
+    """A Prometheus exporter on loopback serving the metrics the rules read.
+
+    Stand-in until ``qesmon api`` provides the exporter (issue 6): same names and labels.
+    """
+    registry = CollectorRegistry()
+    Gauge("qes_error_rate", "errors %", ["service", "endpoint"], registry=registry).labels(
+        "api", "/api/v1/documents"
+    ).set(1.5)
+    Histogram(
+        "qes_request_duration_seconds",
+        "duration",
+        ["service", "endpoint", "method"],
+        registry=registry,
+    ).labels("api", "/api/v1/documents", "GET").observe(0.2)
+    Gauge("qes_quota_utilization", "quota %", ["tenant_id", "resource"], registry=registry).labels(
+        "t-1", "signatures"
+    ).set(95)
+    Gauge("qes_system_cpu_usage_percent", "cpu", ["host"], registry=registry).labels("h").set(12)
+    Gauge("qes_system_memory_usage_percent", "mem", ["host"], registry=registry).labels("h").set(40)
+    Gauge("qes_system_disk_usage_percent", "disk", ["host", "mount"], registry=registry).labels(
+        "h", "/"
+    ).set(50)
+    Gauge("qes_pipeline_heartbeat_age_seconds", "age", registry=registry).set(1)
+    Gauge("qes_pipeline_lag_entries", "lag", registry=registry).set(0)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    yield port
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def _start(args: list[str], log: Path, ready_url: str) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        assert proc.poll() is None, f"{args[0]} exited:\n{log.read_text(errors='replace')}"
+        try:
+            with urllib.request.urlopen(ready_url, timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    wait_for(ready, 30, f"{args[0]} to be ready", interval=0.1)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _prometheus_config(
+    tmp: Path, exporter_port: int, am_port: int | None, rule_files: list[Path]
+) -> Path:
+    """The repository's prometheus.yml with loopback targets and fast intervals."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(p) for p in rule_files]
+    jobs = [j for j in config["scrape_configs"] if j["job_name"] == "qes-monitoring"]
+    jobs[0]["static_configs"] = [{"targets": [f"127.0.0.1:{exporter_port}"]}]
+    config["scrape_configs"] = jobs
+    if am_port is None:
+        del config["alerting"]
+    else:
+        config["alerting"]["alertmanagers"][0]["static_configs"] = [
+            {"targets": [f"127.0.0.1:{am_port}"]}
+        ]
+    path = tmp / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _run_prometheus(tmp: Path, config: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = [
+        _tool("prometheus"),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        # A rule can fire before the Alertmanager is discovered; resend soon, not after 1 min.
+        "--rules.alert.resend-delay=1s",
+    ]
+    return _start(args, tmp / "prometheus.log", f"{base}/-/ready"), base
+
+
+def test_real_prometheus_scrapes_the_exporter_and_evaluates_the_rules(
+    exporter: int, tmp_path: Path
+) -> None:
+    config = _prometheus_config(tmp_path, exporter, None, [RULES])
+    _run(_tool("promtool"), "check", "config", str(config))
+    proc, base = _run_prometheus(tmp_path, config)
+    try:
+
+        def target_up() -> dict[str, Any] | None:
+            targets = _get(f"{base}/api/v1/targets")["data"]["activeTargets"]
+            up = [
+                t for t in targets if t["labels"]["job"] == "qes-monitoring" and t["health"] == "up"
+            ]
+            return up[0] if up else None
+
+        target = wait_for(target_up, 20, "the qes-monitoring target to be up", interval=0.2)
+        assert target["scrapeUrl"] == f"http://127.0.0.1:{exporter}/metrics"
+
+        def quota_rule_pending() -> list[dict[str, Any]] | None:
+            groups = _get(f"{base}/api/v1/rules")["data"]["groups"]
+            rules = [r for g in groups for r in g["rules"]]
+            pending = [r["name"] for r in rules if r["state"] == "pending"]
+            return rules if pending == ["QesQuotaExceeded"] else None
+
+        # 95% > 90%: pending, waiting for its `for: 1m`; every other rule quiet and healthy.
+        rules = wait_for(quota_rule_pending, 20, "QesQuotaExceeded to be pending", interval=0.2)
+        assert sorted(r["name"] for r in rules) == sorted(EXPECTED_ALERTS)
+        assert all(r["health"] == "ok" for r in rules), rules
+        assert [r["name"] for r in rules if r["state"] == "firing"] == []
+
+        # The Prometheus panels of the dashboards are valid PromQL for this server.
+        for path in DASHBOARDS.glob("*.json"):
+            for panel in json.loads(path.read_text())["panels"]:
+                for target_ in panel["targets"]:
+                    if "expr" in target_:
+                        query = urllib.parse.urlencode({"query": target_["expr"]})
+                        answer = _get(f"{base}/api/v1/query?{query}")
+                        assert answer["status"] == "success", (panel["title"], answer)
+    finally:
+        _stop(proc)
+
+
+def test_alerts_reach_the_right_mailbox_through_the_repository_routes(
+    exporter: int, tmp_path: Path
+) -> None:
+    """Prometheus -> Alertmanager (alertmanager.yml, SMTP relay moved to loopback) -> email."""
+    mailbox = _Mailbox()
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    am_config = yaml.safe_load(ALERTMANAGER_YML.read_text())
+    am_config["global"].update(smtp_smarthost=f"127.0.0.1:{smtp.port}", smtp_require_tls=False)
+    for route in [am_config["route"], *am_config["route"]["routes"]]:
+        route.update(group_wait="0s", group_interval="1s")
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(am_config))
+    rules = tmp_path / "fire-now.yml"
+    rules.write_text(
+        yaml.safe_dump(
+            {
+                "groups": [
+                    {
+                        "name": "fire-now",
+                        "rules": [
+                            {
+                                "alert": f"OpsTest{sev.title()}",
+                                "expr": "vector(1)",
+                                "labels": {"severity": sev},
+                            }
+                            for sev in ("critical", "warning", "info")
+                        ],
+                    }
+                ]
+            }
+        )
+    )
+    am_port = free_port()
+    am = _start(
+        [
+            _tool("prometheus-alertmanager"),
+            f"--config.file={tmp_path / 'alertmanager.yml'}",
+            f"--storage.path={tmp_path / 'am'}",
+            f"--web.listen-address=127.0.0.1:{am_port}",
+            "--cluster.listen-address=",
+        ],
+        tmp_path / "alertmanager.log",
+        f"http://127.0.0.1:{am_port}/-/ready",
+    )
+    prom = None
+    try:
+        config = _prometheus_config(tmp_path, exporter, am_port, [rules])
+        prom, _ = _run_prometheus(tmp_path, config)
+
+        def two_mails() -> list[tuple[list[str], bytes]] | None:
+            with mailbox.lock:
+                return list(mailbox.messages) if len(mailbox.messages) >= 2 else None
+
+        received = wait_for(two_mails, 30, "the critical and warning emails", interval=0.2)
+        by_rcpt = {tuple(rcpt): message_from_bytes(body) for rcpt, body in received}
+        assert set(by_rcpt) == {("oncall@example.com",), ("platform-team@example.com",)}
+        assert "OpsTestCritical" in by_rcpt[("oncall@example.com",)]["Subject"]
+        assert "OpsTestWarning" in by_rcpt[("platform-team@example.com",)]["Subject"]
+        assert by_rcpt[("oncall@example.com",)]["From"] == am_config["global"]["smtp_from"]
+
+        # The info alert reached Alertmanager but went to the silent receiver.
+        alerts = _get(f"http://127.0.0.1:{am_port}/api/v2/alerts")
+        info = [a for a in alerts if a["labels"]["alertname"] == "OpsTestInfo"]
+        assert [r["name"] for r in info[0]["receivers"]] == ["dashboard-only"]
+        with mailbox.lock:
+            assert all(
+                "OpsTestInfo" not in body.decode(errors="replace") for _, body in mailbox.messages
+            )
+    finally:
+        if prom is not None:
+            _stop(prom)
+        _stop(am)
+        smtp.stop()
