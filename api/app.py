@@ -15,7 +15,6 @@ and the psutil resource monitor (background tasks)::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -147,15 +146,16 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
+    from api.exporter import stop_task
     from qesmon.monitor import ResourceMonitor
 
     settings = app[SETTINGS]
     monitor = ResourceMonitor(settings, app[REDIS])
-    task = asyncio.create_task(monitor.run(), name="resource-monitor")
+    stop = asyncio.Event()
+    task = asyncio.create_task(monitor.run(stop), name="resource-monitor")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    stop.set()
+    await stop_task(task)
     await monitor.close()
 
 

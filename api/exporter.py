@@ -139,18 +139,24 @@ class Exporter:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def run(self) -> None:
-        """Refresh forever; a failed refresh keeps the previous snapshot and is counted."""
-        while True:
+    async def run(self, stop: asyncio.Event) -> None:
+        """Refresh until ``stop`` is set; a failed refresh keeps the previous snapshot.
+
+        psycopg turns a cancellation in the middle of a query into an error, so stopping
+        is signalled with ``stop`` rather than by cancelling the task.
+        """
+        while not stop.is_set():
             try:
                 await self.refresh()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
                 self.refresh_errors += 1
                 log.warning("exporter refresh failed: %s: %s", type(exc).__name__, exc)
             self.ready.set()
-            await asyncio.sleep(REFRESH_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REFRESH_SECONDS)
 
     async def refresh(self) -> None:
         started = time.perf_counter()
@@ -440,6 +446,16 @@ class Exporter:
         return out
 
 
+async def stop_task(task: asyncio.Task[None], grace: float = 5.0) -> None:
+    """Wait for a background task that was told to stop; cancel it after ``grace`` s."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), grace)
+    except TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def _le(bound: float) -> str:
     return repr(float(bound))
 
@@ -453,11 +469,11 @@ async def exporter_ctx(app: web.Application) -> AsyncIterator[None]:
 
     exporter = Exporter(app[SETTINGS], app[POOL], app[REDIS], app[HOURS])
     app[EXPORTER] = exporter
-    task = asyncio.create_task(exporter.run(), name="exporter-refresh")
+    stop = asyncio.Event()
+    task = asyncio.create_task(exporter.run(stop), name="exporter-refresh")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    stop.set()
+    await stop_task(task)
 
 
 def create_exporter_app(api_app: web.Application) -> web.Application:

@@ -6,7 +6,6 @@ documents exactly these (a test checks both ways).
 
 from __future__ import annotations
 
-import importlib
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -18,11 +17,12 @@ from aiohttp import web
 
 from api import alerts as alert_store
 from api import business, dashboard, health, params, performance
-from api.app import HOURS, HTTP, KEYS, POOL, REDIS, SETTINGS, ServiceUnavailable
+from api.app import HOURS, HTTP, KEYS, POOL, REDIS, SETTINGS
 from api.auth import authenticate, authorize, scoped_tenant
 from api.keys import Principal
 from api.openapi import document
-from qesmon.contract import encode_event, event_dict, parse_entry
+from notifier import actions
+from qesmon.contract import encode_event, parse_entry
 from qesmon.errors import BadRequest, ChannelError, NotFound
 
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -168,7 +168,7 @@ async def post_record(request: web.Request) -> web.StreamResponse:
         event["tenant"] = tenant
     if "success" in event and not isinstance(event["success"], bool):
         raise BadRequest("success: expected true or false", "invalid_event")
-    fields = encode_event(event_dict(**{"type": "custom", **event}))
+    fields = encode_event(event)
     _, rejected = parse_entry(f"{int(time.time() * 1000)}-0", fields)
     if rejected:
         raise BadRequest(rejected[0].error, "invalid_event")
@@ -196,16 +196,6 @@ async def health_check(request: web.Request) -> web.StreamResponse:
 
 
 # -- alerts --------------------------------------------------------------------------------
-
-
-def _actions() -> Any:
-    """The notifier's alert actions (``notifier/actions.py``)."""
-    try:
-        return importlib.import_module("notifier.actions")
-    except ImportError:
-        raise ServiceUnavailable(
-            "alert actions are not installed (notifier.actions missing)", "not_available"
-        ) from None
 
 
 async def get_alerts(request: web.Request) -> web.StreamResponse:
@@ -236,14 +226,14 @@ async def _alert_for_action(request: web.Request) -> tuple[int, Principal]:
 async def post_acknowledge(request: web.Request) -> web.StreamResponse:
     alert_id, principal = await _alert_for_action(request)
     app = request.app
-    result = await _actions().acknowledge_alert(app[POOL], app[SETTINGS], alert_id, principal.label)
+    result = await actions.acknowledge_alert(app[POOL], app[SETTINGS], alert_id, principal.label)
     return _json(result)
 
 
 async def post_resolve(request: web.Request) -> web.StreamResponse:
     alert_id, principal = await _alert_for_action(request)
     app = request.app
-    result = await _actions().resolve_alert(app[POOL], app[SETTINGS], alert_id, principal.label)
+    result = await actions.resolve_alert(app[POOL], app[SETTINGS], alert_id, principal.label)
     return _json(result)
 
 
@@ -265,13 +255,9 @@ async def post_configure(request: web.Request) -> web.StreamResponse:
     config = body.get("config", {})
     if not isinstance(config, dict):
         raise BadRequest("config: expected a JSON object", "invalid_body")
-    actions = _actions()
     app = request.app
     try:
-        checked = actions.validate_channel_config(channel, config)
-        result = await actions.configure_channel(
-            app[POOL], app[SETTINGS], channel, enabled, checked
-        )
+        result = await actions.configure_channel(app[POOL], app[SETTINGS], channel, enabled, config)
     except ChannelError as exc:
         raise BadRequest(str(exc), "invalid_channel_config") from None
     return _json(result)
@@ -285,7 +271,7 @@ async def post_test(request: web.Request) -> web.StreamResponse:
         raise BadRequest("channel: required, e.g. ?channel=slack", "invalid_parameter")
     app = request.app
     try:
-        result = await _actions().send_test(app[POOL], app[SETTINGS], app[HTTP], channel)
+        result = await actions.send_test(app[POOL], app[SETTINGS], app[HTTP], channel)
     except ChannelError as exc:
         raise BadRequest(str(exc), "invalid_channel") from None
     return _json(result)

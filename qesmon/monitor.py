@@ -13,12 +13,14 @@ The API runs one as a background task (``RESOURCE_MONITOR=false`` turns it off; 
 is enough)::
 
     monitor = ResourceMonitor(settings, redis_client)
-    task = asyncio.create_task(monitor.run())
+    stop = asyncio.Event()
+    task = asyncio.create_task(monitor.run(stop))
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from dataclasses import dataclass
@@ -102,15 +104,15 @@ class ResourceMonitor:
         self.samples += 1
         return samples
 
-    async def run(self) -> None:
-        while True:
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sample until ``stop`` is set."""
+        while not stop.is_set():
             try:
                 await self.record_once()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # psutil hiccups must not stop the monitor
                 log.warning("resource sample failed: %s: %s", type(exc).__name__, exc)
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval)
 
     async def close(self) -> None:
         await self.collector.close()
