@@ -116,7 +116,11 @@ class Sms(Channel):
                 if config.get("status_callback"):
                     form["StatusCallback"] = config["status_callback"]
                 status, raw = await self.post(
-                    env.session, url, form=form, headers=headers, timeout=config.get("timeout", 10.0)
+                    env.session,
+                    url,
+                    form=form,
+                    headers=headers,
+                    timeout=config.get("timeout", 10.0),
                 )
                 sid = _sid(raw)
                 if sid:

@@ -25,7 +25,7 @@ import redis.asyncio
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from notifier.clock import FakeClock
+from notifier.clock import Clock, FakeClock
 from notifier.service import Notifier
 from qesmon.alerts import AlertState, AlertTransition, Severity
 from qesmon.settings import Settings
@@ -89,8 +89,17 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         answer = self.answers.pop(0) if self.answers else self.default
-        self.requests.append(Request(request.method, request.path, dict(request.query),
-                                     dict(request.headers), body, time.time(), answer.status))
+        self.requests.append(
+            Request(
+                request.method,
+                request.path,
+                dict(request.query),
+                dict(request.headers),
+                body,
+                time.time(),
+                answer.status,
+            )
+        )
         if answer.hang:
             await asyncio.sleep(30)
         if answer.delay:
@@ -119,15 +128,24 @@ def nsettings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
         conn.execute("TRUNCATE notifier_seen_transitions")
     rules = tmp_path / "rules"
     rules.mkdir()
-    yield dataclasses.replace(settings, rules_dir=rules, notifier_retry_base=0.05,
-                              notifier_retry_max=0.2, notifier_claim_idle=2.0)
+    yield dataclasses.replace(
+        settings,
+        rules_dir=rules,
+        notifier_retry_base=0.05,
+        notifier_retry_max=0.2,
+        notifier_claim_idle=2.0,
+    )
 
 
 @pytest.fixture
 async def pool(nsettings: Settings) -> AsyncIterator[AsyncConnectionPool[Any]]:
     p: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        nsettings.database_url, min_size=1, max_size=4, open=False,
-        kwargs={"autocommit": True, "options": "-c timezone=UTC"})
+        nsettings.database_url,
+        min_size=1,
+        max_size=4,
+        open=False,
+        kwargs={"autocommit": True, "options": "-c timezone=UTC"},
+    )
     await p.open()
     yield p
     await p.close()
@@ -154,21 +172,30 @@ def transition(
 ) -> AlertTransition:
     frm = AlertState.PENDING if to is AlertState.FIRING else AlertState.FIRING
     return AlertTransition(
-        fingerprint=fingerprint, rule_id=rule_id, rule_name=kwargs.pop("rule_name",
-                                                                     "High error rate"),
-        severity=severity, from_state=frm, to_state=to, at=at,
-        value=kwargs.pop("value", 0.42), tenant=kwargs.pop("tenant", "acme"),
+        fingerprint=fingerprint,
+        rule_id=rule_id,
+        rule_name=kwargs.pop("rule_name", "High error rate"),
+        severity=severity,
+        from_state=frm,
+        to_state=to,
+        at=at,
+        value=kwargs.pop("value", 0.42),
+        tenant=kwargs.pop("tenant", "acme"),
         labels=kwargs.pop("labels", {"endpoint": "/sign"}),
         annotations=kwargs.pop("annotations", {"summary": "Error rate above 5%"}),
-        **kwargs)
+        **kwargs,
+    )
 
 
 async def push(aredis: redis.asyncio.Redis, settings: Settings, t: AlertTransition) -> str:
     return str(await aredis.xadd(settings.streams.alerts, t.to_fields()))  # type: ignore[arg-type]
 
 
-async def wait_for(cond: Callable[[], Awaitable[bool]] | Callable[[], bool],
-                   timeout: float = 10.0, what: str = "condition") -> None:
+async def wait_for(
+    cond: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 10.0,
+    what: str = "condition",
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         result = cond()
@@ -186,19 +213,29 @@ async def configure(pool: AsyncConnectionPool[Any], channel: str, config: dict[s
         await conn.execute(
             "INSERT INTO channel_configs (channel, enabled, config) VALUES (%s, true, %s)"
             " ON CONFLICT (channel) DO UPDATE SET config = EXCLUDED.config",
-            (channel, psycopg.types.json.Jsonb(config)))
+            (channel, psycopg.types.json.Jsonb(config)),
+        )
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, clock: FakeClock | None = None,
-                  **kwargs: Any) -> AsyncIterator[Notifier]:
+async def running(
+    settings: Settings, clock: Clock | None = None, **kwargs: Any
+) -> AsyncIterator[Notifier]:
     """A notifier running in this event loop (FakeClock by default)."""
-    notifier = Notifier(settings, clock=clock or FakeClock(), environ={}, poll_interval=0.05,
-                        health_interval=0.2, **kwargs)
+    notifier = Notifier(
+        settings,
+        clock=clock or FakeClock(),
+        environ={},
+        poll_interval=0.05,
+        health_interval=0.2,
+        **kwargs,
+    )
     task = asyncio.create_task(notifier.run())
     try:
-        await wait_for(lambda: notifier.ready.is_set() and bool(notifier.configs) or
-                       task.done(), what="notifier start")
+        await wait_for(
+            lambda: (notifier.ready.is_set() and bool(notifier.configs)) or task.done(),
+            what="notifier start",
+        )
         yield notifier
     finally:
         notifier.stop()

@@ -1,4 +1,4 @@
-"""The Alertmanager channel against the real Alertmanager binary (Debian prometheus-alertmanager)."""
+"""The Alertmanager channel against the real Alertmanager binary (Debian package)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from tests.notifier.test_channels import alert
 
 BINARY = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 
-pytestmark = pytest.mark.skipif(not Path(BINARY).exists(),
-                                reason="needs the Debian package prometheus-alertmanager "
-                                       "(scripts/setup.sh --test installs it)")
+pytestmark = pytest.mark.skipif(
+    not Path(BINARY).exists(),
+    reason="needs the Debian package prometheus-alertmanager (scripts/setup.sh --test installs it)",
+)
 
 
 def free_port() -> int:
@@ -38,10 +39,18 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
     port, cluster = free_port(), free_port()
     log = (tmp_path / "alertmanager.log").open("wb")
     proc = subprocess.Popen(
-        [BINARY, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", f"--cluster.listen-address=127.0.0.1:{cluster}",
-         "--cluster.advertise-address=127.0.0.1:0", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=log)
+        [
+            BINARY,
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--cluster.listen-address=127.0.0.1:{cluster}",
+            "--cluster.advertise-address=127.0.0.1:0",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -75,16 +84,21 @@ async def test_alertmanager_receives_the_alert_and_lists_it_then_resolves_it(
         assert result.status == 200
 
         async def listed() -> list[dict[str, Any]]:
-            async with session.get(alertmanager + "/api/v2/alerts",
-                                   params={"active": "true"}) as resp:
+            async with session.get(
+                alertmanager + "/api/v2/alerts", params={"active": "true"}
+            ) as resp:
                 data: list[dict[str, Any]] = await resp.json()
                 return data
 
         await wait_for(lambda: _nonempty(listed()), timeout=15, what="alert listed")
         (got,) = await listed()
-        assert got["labels"] == {"alertname": "High error rate", "severity": "critical",
-                                 "rule_id": "high_error_rate", "tenant": "acme",
-                                 "endpoint": "/sign"}
+        assert got["labels"] == {
+            "alertname": "High error rate",
+            "severity": "critical",
+            "rule_id": "high_error_rate",
+            "tenant": "acme",
+            "endpoint": "/sign",
+        }
         assert got["annotations"] == {"summary": "Error rate above 5%", "value": "0.42"}
         assert got["status"]["state"] == "active"
 

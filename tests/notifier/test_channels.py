@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
-import socket
 import email
 import email.policy
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,24 @@ from tests.notifier.conftest import Answer, Receiver
 
 
 def alert(**over: Any) -> dict[str, Any]:
-    base = {"alert_id": 7, "fingerprint": "abc123", "rule_id": "high_error_rate",
-            "rule_name": "High error rate", "severity": "critical", "state": "firing",
-            "value": 0.42, "tenant": "acme", "labels": {"endpoint": "/sign"},
-            "annotations": {"summary": "Error rate above 5%"},
-            "started_at": "2023-11-14T22:13:20.000Z", "fired_at": "2023-11-14T22:13:20.000Z",
-            "resolved_at": None, "at": "2023-11-14T22:13:20.000Z", "level": 0, "by": ""}
+    base = {
+        "alert_id": 7,
+        "fingerprint": "abc123",
+        "rule_id": "high_error_rate",
+        "rule_name": "High error rate",
+        "severity": "critical",
+        "state": "firing",
+        "value": 0.42,
+        "tenant": "acme",
+        "labels": {"endpoint": "/sign"},
+        "annotations": {"summary": "Error rate above 5%"},
+        "started_at": "2023-11-14T22:13:20.000Z",
+        "fired_at": "2023-11-14T22:13:20.000Z",
+        "resolved_at": None,
+        "at": "2023-11-14T22:13:20.000Z",
+        "level": 0,
+        "by": "",
+    }
     base.update(over)
     return base
 
@@ -100,8 +112,9 @@ async def test_discord_429_reports_retry_after_from_the_body(
     receiver: Receiver, session: aiohttp.ClientSession
 ) -> None:
     discord = build("discord", {"webhook_url": receiver.url})
-    receiver.answers = [Answer(429, body=b'{"message": "rate limited", "retry_after": 1.5,'
-                                         b' "global": false}')]
+    receiver.answers = [
+        Answer(429, body=b'{"message": "rate limited", "retry_after": 1.5, "global": false}')
+    ]
     with pytest.raises(DeliveryError) as err:
         await discord.send(Message("firing", [alert()], ["k"]), env(session))
     assert err.value.retryable and err.value.retry_after == 1.5 and err.value.status == 429
@@ -111,8 +124,12 @@ async def test_webhook_sends_alertmanager_v4_with_custom_headers_and_idempotency
     receiver: Receiver, session: aiohttp.ClientSession
 ) -> None:
     hook = build("webhook", {"url": receiver.url + "/in", "headers": {"X-Token": "${TOK}"}})
-    msg = Message("resolved", [alert(state="resolved", resolved_at="2023-11-14T23:00:00.000Z")],
-                  ["k1"], group_key="rule_id=high_error_rate")
+    msg = Message(
+        "resolved",
+        [alert(state="resolved", resolved_at="2023-11-14T23:00:00.000Z")],
+        ["k1"],
+        group_key="rule_id=high_error_rate",
+    )
     await hook.send(msg, env(session, {"TOK": "sekret"}))
     await hook.send(msg, env(session, {"TOK": "sekret"}))
     first, again = receiver.requests
@@ -123,8 +140,13 @@ async def test_webhook_sends_alertmanager_v4_with_custom_headers_and_idempotency
     assert body["groupLabels"] == {"rule_id": "high_error_rate"}
     assert body["groupKey"] == "{}:{rule_id=high_error_rate}"
     (a,) = body["alerts"]
-    assert a["labels"] == {"alertname": "High error rate", "severity": "critical",
-                           "rule_id": "high_error_rate", "tenant": "acme", "endpoint": "/sign"}
+    assert a["labels"] == {
+        "alertname": "High error rate",
+        "severity": "critical",
+        "rule_id": "high_error_rate",
+        "tenant": "acme",
+        "endpoint": "/sign",
+    }
     assert a["startsAt"] == "2023-11-14T22:13:20.000Z"
     assert a["endsAt"] == "2023-11-14T23:00:00.000Z" and a["fingerprint"] == "abc123"
 
@@ -133,8 +155,16 @@ async def test_sms_posts_twilio_form_with_basic_auth_split_at_the_limit(
     receiver: Receiver, session: aiohttp.ClientSession
 ) -> None:
     receiver.default = Answer(201, body=b'{"sid": "SM42", "status": "queued"}')
-    sms = build("sms", {"account_sid": "AC1", "auth_token": "${TW}", "from": "+15005550006",
-                        "to": "+4915112345678,+4915187654321", "api_url": receiver.url})
+    sms = build(
+        "sms",
+        {
+            "account_sid": "AC1",
+            "auth_token": "${TW}",
+            "from": "+15005550006",
+            "to": "+4915112345678,+4915187654321",
+            "api_url": receiver.url,
+        },
+    )
     many = [alert(fingerprint=str(i), rule_name=f"Rule number {i}") for i in range(20)]
     result = await sms.send(Message("firing", many, ["k"]), env(session, {"TW": "tok"}))
     assert result.status == 201 and "SM42" in result.detail
@@ -170,14 +200,15 @@ async def test_pagerduty_trigger_acknowledge_resolve_share_one_dedup_key(
     assert trigger["routing_key"] == key and trigger["event_action"] == "trigger"
     assert trigger["dedup_key"] == dedup_key("abc123") == "qesmon-abc123"
     payload = trigger["payload"]
-    assert payload["summary"] == "High error rate (critical) value 0.42 tenant acme: Error rate" \
-                                 " above 5%"
+    assert (
+        payload["summary"] == "High error rate (critical) value 0.42 tenant acme: Error rate"
+        " above 5%"
+    )
     assert payload["severity"] == "critical" and payload["source"] == "qes-monitoring"
     assert payload["timestamp"] == "2023-11-14T22:13:20.000Z"
     assert payload["class"] == "high_error_rate" and payload["group"] == "acme"
     assert payload["custom_details"]["labels"] == {"endpoint": "/sign"}
-    assert ack == {"routing_key": key, "dedup_key": "qesmon-abc123",
-                   "event_action": "acknowledge"}
+    assert ack == {"routing_key": key, "dedup_key": "qesmon-abc123", "event_action": "acknowledge"}
     assert resolve["event_action"] == "resolve" and resolve["dedup_key"] == "qesmon-abc123"
     receiver.answers = [Answer(400, body=b'{"status":"invalid event"}')]
     with pytest.raises(DeliveryError) as err:
@@ -187,8 +218,20 @@ async def test_pagerduty_trigger_acknowledge_resolve_share_one_dedup_key(
 
 @pytest.mark.parametrize(
     ("status", "retryable"),
-    [(400, False), (401, False), (403, False), (404, False), (408, True), (410, False),
-     (422, False), (429, True), (500, True), (502, True), (503, True), (301, False)],
+    [
+        (400, False),
+        (401, False),
+        (403, False),
+        (404, False),
+        (408, True),
+        (410, False),
+        (422, False),
+        (429, True),
+        (500, True),
+        (502, True),
+        (503, True),
+        (301, False),
+    ],
 )
 async def test_http_status_decides_retry(
     receiver: Receiver, session: aiohttp.ClientSession, status: int, retryable: bool
@@ -214,8 +257,11 @@ async def test_http_status_decides_retry(
         ("pagerduty", {"routing_key": "short"}, "routing_key"),
         ("webhook", {"url": "http://x", "format": "xml"}, "format"),
         ("webhook", {"url": "http://x", "timeout": 0}, "timeout"),
-        ("discord", {"webhook_url": "http://x", "mention_role_ids": ["@everyone"]},
-         "mention_role_ids"),
+        (
+            "discord",
+            {"webhook_url": "http://x", "mention_role_ids": ["@everyone"]},
+            "mention_role_ids",
+        ),
         ("alertmanager", {}, "url"),
     ],
 )
@@ -235,8 +281,9 @@ class Inbox:
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.refuse: int | None = None
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          rcpt_options: Any) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
+    ) -> str:
         if self.refuse is not None:
             return f"{self.refuse} mailbox unavailable"
         envelope.rcpt_tos.append(address)
@@ -247,10 +294,13 @@ class Inbox:
         return "250 Message accepted"
 
 
-def authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
-                  auth_data: Any) -> AuthResult:
+def authenticator(
+    server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+) -> AuthResult:
     ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-        b"alerts", b"pw-123")
+        b"alerts",
+        b"pw-123",
+    )
     return AuthResult(success=ok, handled=False)
 
 
@@ -266,9 +316,16 @@ def smtp(tmp_path: Path) -> Any:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    controller = Controller(inbox, hostname="127.0.0.1", port=port, tls_context=server_ctx,
-                            require_starttls=True, auth_required=True,
-                            authenticator=authenticator, auth_require_tls=True)
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=server_ctx,
+        require_starttls=True,
+        auth_required=True,
+        authenticator=authenticator,
+        auth_require_tls=True,
+    )
     controller.start()
     try:
         yield inbox, controller.port, str(ca_file)
@@ -276,10 +333,16 @@ def smtp(tmp_path: Path) -> Any:
         controller.stop()
 
 
-def email_config(port: int, ca_file: str, **over: Any) -> dict[str, Any]:
-    config = {"smtp_host": "127.0.0.1", "smtp_port": port, "username": "alerts",
-              "password": "${SMTP_PW}", "from": "alerts@qes.example",
-              "to": ["oncall@qes.example", "ops@qes.example"], "ca_file": ca_file}
+def email_config(port: int, ca_file: str | None, **over: Any) -> dict[str, Any]:
+    config = {
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "username": "alerts",
+        "password": "${SMTP_PW}",
+        "from": "alerts@qes.example",
+        "to": ["oncall@qes.example", "ops@qes.example"],
+        "ca_file": ca_file,
+    }
     config.update(over)
     return config
 
@@ -290,8 +353,7 @@ async def test_email_goes_through_starttls_and_auth_as_text_and_html(
     inbox, port, ca_file = smtp
     mail = build("email", email_config(port, ca_file))
     evil = alert(rule_name="<script>alert(1)</script>")
-    result = await mail.send(Message("firing", [evil], ["k"]),
-                             env(session, {"SMTP_PW": "pw-123"}))
+    result = await mail.send(Message("firing", [evil], ["k"]), env(session, {"SMTP_PW": "pw-123"}))
     assert result.status == 250
     ((sender, rcpts, raw),) = inbox.messages
     assert sender == "alerts@qes.example"

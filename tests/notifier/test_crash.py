@@ -33,20 +33,35 @@ routing:
 """
 
 
-def start_notifier(settings: Settings, receiver: Receiver,
-                   log: BinaryIO) -> subprocess.Popen[bytes]:
+def start_notifier(
+    settings: Settings, receiver: Receiver, log: BinaryIO
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QESMON_", "NOTIFIER_"))}
-    env.update(REDIS_URL=settings.redis_url, DATABASE_URL=settings.database_url,
-               QESMON_KEY_PREFIX=settings.key_prefix, RULES_DIR=str(settings.rules_dir),
-               WEBHOOK_URL=receiver.url, NOTIFIER_CLAIM_IDLE_SECONDS="1",
-               NOTIFIER_RETRY_BASE_SECONDS="0.05", NOTIFIER_RETRY_MAX_SECONDS="0.2",
-               LOG_LEVEL="INFO")
-    return subprocess.Popen([sys.executable, "-m", "qesmon", "notifier"], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    env.update(
+        REDIS_URL=settings.redis_url,
+        DATABASE_URL=settings.database_url,
+        QESMON_KEY_PREFIX=settings.key_prefix,
+        RULES_DIR=str(settings.rules_dir),
+        WEBHOOK_URL=receiver.url,
+        NOTIFIER_CLAIM_IDLE_SECONDS="1",
+        NOTIFIER_RETRY_BASE_SECONDS="0.05",
+        NOTIFIER_RETRY_MAX_SECONDS="0.2",
+        LOG_LEVEL="INFO",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "qesmon", "notifier"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 async def test_kill_9_mid_delivery_loses_nothing_and_duplicates_at_most_the_in_flight(
-    nsettings: Settings, receiver: Receiver, aredis: redis.asyncio.Redis, tmp_path: Path,
+    nsettings: Settings,
+    receiver: Receiver,
+    aredis: redis.asyncio.Redis,
+    tmp_path: Path,
 ) -> None:
     write_policy(nsettings, PER_ALERT)
     receiver.default = Answer(200, delay=0.05)
@@ -64,8 +79,11 @@ async def test_kill_9_mid_delivery_loses_nothing_and_duplicates_at_most_the_in_f
         assert at_kill < n, "the first process finished before it was killed"
         second = start_notifier(nsettings, receiver, log)
         try:
-            await wait_for(lambda: len({_fp(r) for r in receiver.accepted()}) == n, timeout=40,
-                           what=f"all {n} alerts after the restart")
+            await wait_for(
+                lambda: len({_fp(r) for r in receiver.accepted()}) == n,
+                timeout=40,
+                what=f"all {n} alerts after the restart",
+            )
             await asyncio.sleep(0.5)
             second.send_signal(signal.SIGTERM)
             assert second.wait(15) == 0, log_path.read_text()[-2000:]
@@ -93,7 +111,9 @@ def _fp(request: Any) -> str:
 
 
 async def test_entries_read_by_a_dead_consumer_are_claimed_and_delivered(
-    nsettings: Settings, pool: AsyncConnectionPool[Any], receiver: Receiver,
+    nsettings: Settings,
+    pool: AsyncConnectionPool[Any],
+    receiver: Receiver,
     aredis: redis.asyncio.Redis,
 ) -> None:
     write_policy(nsettings, PER_ALERT)
@@ -105,8 +125,9 @@ async def test_entries_read_by_a_dead_consumer_are_claimed_and_delivered(
     # a consumer reads them and dies before acknowledging
     await aredis.xreadgroup("notifier", "ghost", {stream: ">"}, count=10)
     async with running(nsettings):
-        await wait_for(lambda: len(receiver.requests) == 3, timeout=20,
-                       what="claimed entries delivered")
+        await wait_for(
+            lambda: len(receiver.requests) == 3, timeout=20, what="claimed entries delivered"
+        )
 
         async def drained() -> bool:
             info = await aredis.xpending(stream, "notifier")

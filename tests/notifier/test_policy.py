@@ -19,9 +19,10 @@ from qesmon.errors import ChannelError, RuleError
 from tests.notifier.conftest import transition
 
 
-@pytest.mark.parametrize(("text", "seconds"),
-                         [(90, 90.0), ("90s", 90.0), ("5m", 300.0), ("1h30m", 5400.0),
-                          ("250ms", 0.25), ("0s", 0.0)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [(90, 90.0), ("90s", 90.0), ("5m", 300.0), ("1h30m", 5400.0), ("250ms", 0.25), ("0s", 0.0)],
+)
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text, "x") == seconds
 
@@ -35,10 +36,18 @@ def test_bad_durations_are_refused(bad: object) -> None:
 ROUTING = {
     "defaults": {"channels": ["slack"], "group_wait": "2s", "repeat_interval": "4h"},
     "routes": [
-        {"match": {"tenant": "acme", "labels": {"service": ["api", "web"]}},
-         "channels": ["webhook"], "continue": True, "group_by": ["tenant"]},
-        {"match": {"severity": "critical"}, "channels": ["pagerduty"], "repeat_interval": "1h",
-         "escalation": "crit"},
+        {
+            "match": {"tenant": "acme", "labels": {"service": ["api", "web"]}},
+            "channels": ["webhook"],
+            "continue": True,
+            "group_by": ["tenant"],
+        },
+        {
+            "match": {"severity": "critical"},
+            "channels": ["pagerduty"],
+            "repeat_interval": "1h",
+            "escalation": "crit",
+        },
     ],
 }
 
@@ -60,12 +69,15 @@ def test_the_rule_s_own_channels_escalation_and_repeat_win() -> None:
     assert r.channels == ("email",) and r.escalation == "quiet" and r.repeat_interval == 60
 
 
-@pytest.mark.parametrize(("raw", "where"), [
-    ({"routes": [{"channels": ["telegram"]}]}, "routing.routes[0].channels"),
-    ({"routes": [{"match": {"colour": "red"}}]}, "routing.routes[0].match"),
-    ({"defaults": {"group_by": ["hostname"]}}, "routing.defaults.group_by"),
-    ({"routes": [{"match": {"severity": "fatal"}}]}, "routing.routes[0].match.severity"),
-])
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        ({"routes": [{"channels": ["telegram"]}]}, "routing.routes[0].channels"),
+        ({"routes": [{"match": {"colour": "red"}}]}, "routing.routes[0].match"),
+        ({"defaults": {"group_by": ["hostname"]}}, "routing.defaults.group_by"),
+        ({"routes": [{"match": {"severity": "fatal"}}]}, "routing.routes[0].match.severity"),
+    ],
+)
 def test_routing_errors_name_the_key(raw: dict[str, object], where: str) -> None:
     with pytest.raises(RuleError) as err:
         parse_routing(raw, "n.yaml", CHANNEL_NAMES)
@@ -77,14 +89,16 @@ def test_policy_files_are_found_among_rule_files_and_checked(tmp_path: Path) -> 
     (tmp_path / "notifications.yaml").write_text(
         "routing:\n  routes:\n    - match: {severity: critical}\n      escalation: crit\n"
         "escalation_policies:\n  crit:\n    levels:\n      - {after: 0, channels: [slack]}\n"
-        "      - {after: 5m, channels: [sms]}\n      - {after: 15m, channels: [pagerduty]}\n")
+        "      - {after: 5m, channels: [sms]}\n      - {after: 15m, channels: [pagerduty]}\n"
+    )
     policy = load_policy(tmp_path, CHANNEL_NAMES)
     crit = policy.escalation["crit"]
     assert crit.immediate_channels() == ("slack",)
     assert crit.delayed_levels(0.01) == [(1, 3.0, ("sms",)), (2, 9.0, ("pagerduty",))]
     (tmp_path / "notifications.yaml").write_text(
         "escalation_policies:\n  crit:\n    levels:\n      - {after: 15m, channels: [sms]}\n"
-        "      - {after: 5m, channels: [pagerduty]}\n")
+        "      - {after: 5m, channels: [pagerduty]}\n"
+    )
     with pytest.raises(RuleError, match=r"escalation_policies\.crit\.levels\[1\]\.after"):
         load_policy(tmp_path, CHANNEL_NAMES)
 
@@ -110,10 +124,25 @@ def test_backoff_grows_exponentially_with_jitter_and_honours_retry_after() -> No
 
 
 def test_html_templates_are_autoescaped_and_the_sandbox_blocks_internals(tmp_path: Path) -> None:
-    context = build_context("firing", [{
-        "rule_name": "<b>x</b>", "severity": "critical", "state": "firing", "value": 1.0,
-        "tenant": "", "labels": {}, "annotations": {}, "fingerprint": "f", "at": "t",
-        "fired_at": None, "level": 0, "by": ""}])
+    context = build_context(
+        "firing",
+        [
+            {
+                "rule_name": "<b>x</b>",
+                "severity": "critical",
+                "state": "firing",
+                "value": 1.0,
+                "tenant": "",
+                "labels": {},
+                "annotations": {},
+                "fingerprint": "f",
+                "at": "t",
+                "fired_at": None,
+                "level": 0,
+                "by": "",
+            }
+        ],
+    )
     renderer = Renderer()
     assert "&lt;b&gt;x&lt;/b&gt;" in renderer.render("email", "firing", "html", context)
     assert "<b>x</b>" in renderer.render("email", "firing", "txt", context)
@@ -129,13 +158,17 @@ def test_html_templates_are_autoescaped_and_the_sandbox_blocks_internals(tmp_pat
 def test_secret_references_resolve_only_when_asked_and_mask_everywhere() -> None:
     config = {"webhook_url": "https://hooks.slack.com/services/T/B/abcdef", "username": "qes"}
     assert mask_config(config, {"webhook_url"}) == {
-        "webhook_url": "https://hooks.slack.com/***", "username": "qes"}
+        "webhook_url": "https://hooks.slack.com/***",
+        "username": "qes",
+    }
     assert mask_config({"auth_token": "${TW}"}, {"auth_token"}) == {"auth_token": "${TW}"}
     assert mask_config({"routing_key": "0123456789abcdef"}, {"routing_key"}) == {
-        "routing_key": "0123***"}
-    assert resolve("Bearer ${T}", "headers.Authorization", "webhook", {"T": "xyz"}) == \
-        "Bearer xyz"
+        "routing_key": "0123***"
+    }
+    assert resolve("Bearer ${T}", "headers.Authorization", "webhook", {"T": "xyz"}) == "Bearer xyz"
     with pytest.raises(ChannelError, match=r"\$\{NOPE\}, which is not set"):
         resolve("${NOPE}", "auth_token", "sms", {})
-    assert scrub("POST https://h/services/T/B/abcdef failed", ["/services/T/B/abcdef"]) == \
-        "POST https://h*** failed"
+    assert (
+        scrub("POST https://h/services/T/B/abcdef failed", ["/services/T/B/abcdef"])
+        == "POST https://h*** failed"
+    )

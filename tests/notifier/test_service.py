@@ -40,7 +40,9 @@ async def health(aredis: redis.asyncio.Redis, settings: Settings) -> dict[str, s
 
 
 async def test_a_firing_transition_read_twice_is_delivered_once(
-    nsettings: Settings, pool: AsyncConnectionPool[Any], receiver: Receiver,
+    nsettings: Settings,
+    pool: AsyncConnectionPool[Any],
+    receiver: Receiver,
     aredis: redis.asyncio.Redis,
 ) -> None:
     write_policy(nsettings, WEBHOOK_ONLY)
@@ -57,8 +59,9 @@ async def test_a_firing_transition_read_twice_is_delivered_once(
     assert body["status"] == "firing" and body["version"] == "4"
     assert body["alerts"][0]["labels"]["alertname"] == "High error rate"
     assert body["alerts"][0]["fingerprint"] == "fp1"
-    delivered = await rows(pool, "SELECT channel, status, attempt, http_status, alert_id"
-                                 " FROM deliveries")
+    delivered = await rows(
+        pool, "SELECT channel, status, attempt, http_status, alert_id FROM deliveries"
+    )
     alert_id = (await rows(pool, "SELECT id FROM alerts WHERE fingerprint = 'fp1'"))[0][0]
     assert delivered == [("webhook", "sent", 1, 200, alert_id)]
 
@@ -68,19 +71,23 @@ async def _pending_zero(aredis: redis.asyncio.Redis, settings: Settings) -> bool
     return int(info["pending"]) == 0
 
 
-async def _counter(aredis: redis.asyncio.Redis, settings: Settings, name: str,
-                   want: int) -> bool:
+async def _counter(aredis: redis.asyncio.Redis, settings: Settings, name: str, want: int) -> bool:
     return int((await health(aredis, settings)).get(name, 0)) >= want
 
 
 async def test_alerts_that_fire_together_go_out_in_one_message_after_group_wait(
-    nsettings: Settings, pool: AsyncConnectionPool[Any], receiver: Receiver,
+    nsettings: Settings,
+    pool: AsyncConnectionPool[Any],
+    receiver: Receiver,
     aredis: redis.asyncio.Redis,
 ) -> None:
-    write_policy(nsettings, """
+    write_policy(
+        nsettings,
+        """
 routing:
   defaults: {channels: [webhook], group_wait: 30s, group_by: [rule_id]}
-""")
+""",
+    )
     await configure(pool, "webhook", {"url": receiver.url})
     clock = FakeClock()
     async with running(nsettings, clock):
@@ -104,7 +111,9 @@ routing:
 
 
 async def test_an_alert_that_keeps_firing_is_repeated_every_repeat_interval_only(
-    nsettings: Settings, pool: AsyncConnectionPool[Any], receiver: Receiver,
+    nsettings: Settings,
+    pool: AsyncConnectionPool[Any],
+    receiver: Receiver,
     aredis: redis.asyncio.Redis,
 ) -> None:
     write_policy(nsettings, WEBHOOK_ONLY)
@@ -143,20 +152,32 @@ escalation_policies:
 """
 
 
-async def _escalation_setup(pool: AsyncConnectionPool[Any], slack: Receiver, sms: Receiver,
-                            pd: Receiver) -> None:
+async def _escalation_setup(
+    pool: AsyncConnectionPool[Any], slack: Receiver, sms: Receiver, pd: Receiver
+) -> None:
     await configure(pool, "slack", {"webhook_url": slack.url + "/services/T/B/secret"})
-    await configure(pool, "sms", {"account_sid": "AC123", "auth_token": "tok-123456789",
-                                  "from": "+15005550006", "to": ["+4915112345678"],
-                                  "api_url": sms.url})
-    await configure(pool, "pagerduty", {"routing_key": "r" * 32,
-                                        "events_url": pd.url + "/v2/enqueue"})
+    await configure(
+        pool,
+        "sms",
+        {
+            "account_sid": "AC123",
+            "auth_token": "tok-123456789",
+            "from": "+15005550006",
+            "to": ["+4915112345678"],
+            "api_url": sms.url,
+        },
+    )
+    await configure(
+        pool, "pagerduty", {"routing_key": "r" * 32, "events_url": pd.url + "/v2/enqueue"}
+    )
     sms.default = Answer(201, body=b'{"sid": "SM1", "status": "queued"}')
     pd.default = Answer(202, body=b'{"status": "success", "dedup_key": "x"}')
 
 
 async def test_escalation_reaches_sms_then_pagerduty_and_ack_and_resolve_follow(
-    nsettings: Settings, pool: AsyncConnectionPool[Any], receiver: Receiver,
+    nsettings: Settings,
+    pool: AsyncConnectionPool[Any],
+    receiver: Receiver,
     aredis: redis.asyncio.Redis,
 ) -> None:
     sms, pd = Receiver(), Receiver()
@@ -180,20 +201,28 @@ async def test_escalation_reaches_sms_then_pagerduty_and_ack_and_resolve_follow(
             trigger = pd.requests[0].json()
             assert trigger["event_action"] == "trigger"
             alert_id = (await rows(pool, "SELECT id FROM alerts"))[0][0]
-            result = await actions.acknowledge_alert(pool, nsettings, alert_id, "alice",
-                                                     clock=clock)
+            result = await actions.acknowledge_alert(
+                pool, nsettings, alert_id, "alice", clock=clock
+            )
             assert result["acknowledged_by"] == "alice"
             assert sorted(result["notified"]) == ["pagerduty", "slack"]
             await wait_for(lambda: len(pd.requests) == 2, what="pagerduty acknowledge")
-            assert pd.requests[1].json() == {"routing_key": "r" * 32, "event_action":
-                                             "acknowledge", "dedup_key": trigger["dedup_key"]}
+            assert pd.requests[1].json() == {
+                "routing_key": "r" * 32,
+                "event_action": "acknowledge",
+                "dedup_key": trigger["dedup_key"],
+            }
             await wait_for(lambda: len(receiver.requests) == 2, what="slack ack notice")
-            assert "Acknowledged by alice" in receiver.requests[1].json()["blocks"][0]["text"][
-                "text"]
-            await push(aredis, nsettings, transition(to=AlertState.RESOLVED,
-                                                     at=clock.now() + 1))
-            await wait_for(lambda: len(pd.requests) == 3 and len(sms.requests) == 2
-                           and len(receiver.requests) == 3, what="resolved notices")
+            assert (
+                "Acknowledged by alice" in receiver.requests[1].json()["blocks"][0]["text"]["text"]
+            )
+            await push(aredis, nsettings, transition(to=AlertState.RESOLVED, at=clock.now() + 1))
+            await wait_for(
+                lambda: (
+                    len(pd.requests) == 3 and len(sms.requests) == 2 and len(receiver.requests) == 3
+                ),
+                what="resolved notices",
+            )
         assert pd.requests[2].json()["event_action"] == "resolve"
         assert pd.requests[2].json()["dedup_key"] == trigger["dedup_key"]
         assert sms.requests[1].form()["Body"].startswith("Resolved")
@@ -204,7 +233,9 @@ async def test_escalation_reaches_sms_then_pagerduty_and_ack_and_resolve_follow(
 
 
 async def test_acknowledging_stops_escalation_and_repeats(
-    nsettings: Settings, pool: AsyncConnectionPool[Any], receiver: Receiver,
+    nsettings: Settings,
+    pool: AsyncConnectionPool[Any],
+    receiver: Receiver,
     aredis: redis.asyncio.Redis,
 ) -> None:
     sms, pd = Receiver(), Receiver()
@@ -218,8 +249,7 @@ async def test_acknowledging_stops_escalation_and_repeats(
             await push(aredis, nsettings, transition(at=clock.now()))
             await wait_for(lambda: len(receiver.requests) == 1, what="slack firing")
             alert_id = (await rows(pool, "SELECT id FROM alerts"))[0][0]
-            result = await actions.acknowledge_alert(pool, nsettings, alert_id, "bob",
-                                                     clock=clock)
+            result = await actions.acknowledge_alert(pool, nsettings, alert_id, "bob", clock=clock)
             assert result["escalation_stopped"] == 2
             clock.advance(3600)
             await wait_for(lambda: len(receiver.requests) == 2, what="ack notice")
@@ -233,47 +263,65 @@ async def test_acknowledging_stops_escalation_and_repeats(
 
 
 async def test_a_receiver_down_for_a_while_gets_every_notification_exactly_once(
-    nsettings: Settings, pool: AsyncConnectionPool[Any], receiver: Receiver,
+    nsettings: Settings,
+    pool: AsyncConnectionPool[Any],
+    receiver: Receiver,
     aredis: redis.asyncio.Redis,
 ) -> None:
-    write_policy(nsettings, """
+    write_policy(
+        nsettings,
+        """
 routing:
   defaults: {channels: [webhook], group_wait: 0s, group_by: [fingerprint]}
-""")
+""",
+    )
     await configure(pool, "webhook", {"url": receiver.url, "timeout": 1})
     # 503s, one request that never gets an answer (the client gives up), then 502s
     receiver.answers = [Answer(503)] * 12 + [Answer(504, hang=True)] + [Answer(502)] * 3
     async with running(nsettings, SystemClock()):
         for i in range(5):
             await push(aredis, nsettings, transition(f"fp{i}"))
-        await wait_for(lambda: len({r.json()["alerts"][0]["fingerprint"]
-                                    for r in receiver.accepted()}) == 5,
-                       timeout=30, what="all five after the outage")
+        await wait_for(
+            lambda: len({r.json()["alerts"][0]["fingerprint"] for r in receiver.accepted()}) == 5,
+            timeout=30,
+            what="all five after the outage",
+        )
         await asyncio.sleep(0.5)
     delivered = Counter(r.json()["alerts"][0]["fingerprint"] for r in receiver.accepted())
     assert delivered == {f"fp{i}": 1 for i in range(5)}
     statuses = Counter(s for (s,) in await rows(pool, "SELECT status FROM deliveries"))
     assert statuses["sent"] == 5 and statuses["retrying"] >= 15
-    errors = await rows(pool, "SELECT http_status, error FROM deliveries"
-                              " WHERE status = 'retrying' AND http_status IS NOT NULL LIMIT 1")
+    errors = await rows(
+        pool,
+        "SELECT http_status, error FROM deliveries"
+        " WHERE status = 'retrying' AND http_status IS NOT NULL LIMIT 1",
+    )
     assert errors[0][0] in (502, 503) and errors[0][1].startswith("webhook: HTTP 50")
     timeouts = await rows(pool, "SELECT error FROM deliveries WHERE http_status IS NULL")
     assert timeouts == [("webhook: no answer within 1 s",)]
 
 
 async def test_429_waits_for_retry_after_and_other_4xx_is_not_retried(
-    nsettings: Settings, pool: AsyncConnectionPool[Any], receiver: Receiver,
+    nsettings: Settings,
+    pool: AsyncConnectionPool[Any],
+    receiver: Receiver,
     aredis: redis.asyncio.Redis,
 ) -> None:
-    write_policy(nsettings, """
+    write_policy(
+        nsettings,
+        """
 routing:
   defaults: {channels: [slack], group_wait: 0s, group_by: [fingerprint]}
-""")
-    await configure(pool, "slack", {"webhook_url": receiver.url + "/services/T/B/s3cr3tXYZ",
-                                    "timeout": 2})
-    receiver.answers = [Answer(429, {"Retry-After": "1"}, b'{"ok":false}'),
-                        Answer(200, body=b"ok"),
-                        Answer(404, body=b"no_service")]
+""",
+    )
+    await configure(
+        pool, "slack", {"webhook_url": receiver.url + "/services/T/B/s3cr3tXYZ", "timeout": 2}
+    )
+    receiver.answers = [
+        Answer(429, {"Retry-After": "1"}, b'{"ok":false}'),
+        Answer(200, body=b"ok"),
+        Answer(404, body=b"no_service"),
+    ]
     async with running(nsettings, SystemClock()):
         await push(aredis, nsettings, transition("limited"))
         await wait_for(lambda: len(receiver.requests) == 2, what="retry after 429")
@@ -289,19 +337,25 @@ routing:
     assert len(receiver.requests) == 3  # the 404 was not retried
     outbox = await rows(pool, "SELECT status, last_status FROM notifier_outbox ORDER BY id")
     assert outbox == [("sent", 200), ("failed", 404)]
-    errors = [e for (e,) in await rows(pool, "SELECT error FROM deliveries WHERE error IS NOT"
-                                              " NULL")]
+    errors = [
+        e for (e,) in await rows(pool, "SELECT error FROM deliveries WHERE error IS NOT NULL")
+    ]
     assert all("s3cr3tXYZ" not in e for e in errors)
 
 
 async def test_a_broken_template_falls_back_to_the_plain_message_and_is_counted(
-    nsettings: Settings, pool: AsyncConnectionPool[Any], receiver: Receiver,
+    nsettings: Settings,
+    pool: AsyncConnectionPool[Any],
+    receiver: Receiver,
     aredis: redis.asyncio.Redis,
 ) -> None:
-    write_policy(nsettings, """
+    write_policy(
+        nsettings,
+        """
 routing:
   defaults: {channels: [slack], group_wait: 0s}
-""")
+""",
+    )
     broken = nsettings.rules_dir / "templates" / "broken" / "slack"
     broken.mkdir(parents=True)
     (broken / "firing.md.j2").write_text("{{ alert.no_such_field.x }} {{ ''.__class__ }}")
@@ -309,15 +363,18 @@ routing:
     async with running(nsettings):
         await push(aredis, nsettings, transition(template="broken"))
         await wait_for(lambda: len(receiver.requests) == 1, what="the fallback message")
-        await wait_for(lambda: _counter(aredis, nsettings, "template_errors", 1),
-                       what="template error counted")
+        await wait_for(
+            lambda: _counter(aredis, nsettings, "template_errors", 1), what="template error counted"
+        )
     text = receiver.requests[0].json()["blocks"][0]["text"]["text"]
     assert text.startswith("[FIRING] High error rate (critical)")
     assert "value=0.42 tenant=acme endpoint=/sign" in text
 
 
 async def test_a_malformed_entry_goes_to_the_dead_stream_and_is_acknowledged(
-    nsettings: Settings, pool: AsyncConnectionPool[Any], aredis: redis.asyncio.Redis,
+    nsettings: Settings,
+    pool: AsyncConnectionPool[Any],
+    aredis: redis.asyncio.Redis,
 ) -> None:
     await configure(pool, "webhook", {"url": "http://127.0.0.1:9/"})
     async with running(nsettings):
@@ -329,7 +386,7 @@ async def test_a_malformed_entry_goes_to_the_dead_stream_and_is_acknowledged(
 
         await wait_for(landed, what="dead letter")
         await wait_for(lambda: _pending_zero(aredis, nsettings), what="ack")
-    (_, fields), = await aredis.xrange(dead)
+    ((_, fields),) = await aredis.xrange(dead)
     assert fields["fingerprint"] == "x" and "malformed" in fields["error"]
 
 
@@ -369,7 +426,9 @@ class TcpProxy:
 
 
 async def test_the_notifier_rides_out_a_database_outage_and_delivers_afterwards(
-    nsettings: Settings, receiver: Receiver, aredis: redis.asyncio.Redis,
+    nsettings: Settings,
+    receiver: Receiver,
+    aredis: redis.asyncio.Redis,
 ) -> None:
     url = urlsplit(nsettings.database_url)
     proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
@@ -384,8 +443,11 @@ async def test_the_notifier_rides_out_a_database_outage_and_delivers_afterwards(
         await wait_for(lambda: notifier.counters["errors"] >= 3, what="outage noticed")
         assert not task.done() and receiver.requests == []
         proxy.up = True
-        await wait_for(lambda: len(receiver.requests) == 1, timeout=40,
-                       what="delivery after the database came back")
+        await wait_for(
+            lambda: len(receiver.requests) == 1,
+            timeout=40,
+            what="delivery after the database came back",
+        )
     finally:
         notifier.stop()
         await asyncio.wait_for(task, 15)

@@ -1,0 +1,103 @@
+"""Alert channel configuration from the platform's code, as in the seed::
+
+    from qesmon.sdk import AlertingSystem, NotificationChannel
+
+    alerting = AlertingSystem(database_url=os.environ["DATABASE_URL"])
+    alerting.configure_channel(NotificationChannel.SLACK,
+                               {"webhook_url": "${SLACK_WEBHOOK_URL}"})
+    result = await alerting.send_test(NotificationChannel.SLACK)   # {"ok": True, ...}
+
+The config is validated at once (:class:`~qesmon.errors.ChannelError` names the field) and,
+with a ``database_url``, written to ``channel_configs`` where the running notifier picks it up
+within seconds; without one it is only kept in this object (useful for validation in CI).
+Secrets may be ``${ENV_NAME}`` references; they are stored as given and every return value
+is masked. Field names per channel: see :mod:`notifier.channels`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from qesmon.errors import ChannelError
+
+
+class NotificationChannel(StrEnum):
+    """The channels the notifier can deliver to."""
+
+    EMAIL = "email"
+    SLACK = "slack"
+    DISCORD = "discord"
+    WEBHOOK = "webhook"
+    SMS = "sms"
+    PAGERDUTY = "pagerduty"
+    ALERTMANAGER = "alertmanager"
+
+
+class AlertingSystem:
+    """Configure and test notification channels (see the module docstring)."""
+
+    def __init__(self, database_url: str | None = None) -> None:
+        self.database_url = database_url
+        self._configs: dict[str, tuple[bool, dict[str, Any]]] = {}
+
+    def configure_channel(
+        self, channel: NotificationChannel | str, config: Mapping[str, Any], *, enabled: bool = True
+    ) -> dict[str, Any]:
+        """Validate and store ``config`` for ``channel``; return it with secrets masked."""
+        from notifier.configs import ChannelConfig, validate
+
+        name = _name(channel)
+        clean = validate(name, dict(config))
+        if self.database_url is not None:
+            from psycopg.types.json import Jsonb
+
+            from qesmon.db import connect
+
+            with connect(self.database_url, autocommit=True) as conn:
+                conn.execute(
+                    "INSERT INTO channel_configs (channel, enabled, config, updated_at)"
+                    " VALUES (%s, %s, %s, now()) ON CONFLICT (channel) DO UPDATE SET"
+                    " enabled = EXCLUDED.enabled, config = EXCLUDED.config, updated_at = now()",
+                    (name, enabled, Jsonb(clean)),
+                )
+        self._configs[name] = (enabled, clean)
+        return ChannelConfig(name, enabled, clean, "api").masked()
+
+    def channels(self) -> dict[str, dict[str, Any]]:
+        """The channels configured through this object, masked."""
+        from notifier.configs import ChannelConfig
+
+        return {
+            name: ChannelConfig(name, on, cfg, "api").masked()
+            for name, (on, cfg) in self._configs.items()
+        }
+
+    async def send_test(self, channel: NotificationChannel | str) -> dict[str, Any]:
+        """Send a real test message through ``channel``; needs ``database_url``.
+
+        Returns ``{"channel", "ok", "status", "latency_ms", "error"}``.
+        """
+        if self.database_url is None:
+            raise ChannelError("send_test needs AlertingSystem(database_url=...)", _name(channel))
+        import aiohttp
+        from psycopg_pool import AsyncConnectionPool
+
+        from notifier.actions import send_test
+        from qesmon.settings import Settings
+
+        settings = Settings(database_url=self.database_url)
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            self.database_url, min_size=1, max_size=1, open=False, kwargs={"autocommit": True}
+        )
+        await pool.open()
+        try:
+            async with aiohttp.ClientSession() as session:
+                return await send_test(pool, settings, session, _name(channel))
+        finally:
+            await pool.close()
+
+
+def _name(channel: NotificationChannel | str) -> str:
+    return channel.value if isinstance(channel, NotificationChannel) else str(channel)
