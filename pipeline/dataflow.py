@@ -7,8 +7,8 @@ Steps, one Bytewax item per XREAD batch (per-item engine overhead is paid per ba
 * ``window``  a stateful step per shard holding :class:`~pipeline.windows.ShardWindows`
   (snapshotted by Bytewax recovery together with the source position);
 * ``rollups`` / ``dead``  to TimescaleDB and the dead-letter stream;
-* ``rules``   closed windows and watermarks to the rule evaluator, transitions to the alert
-  store (when the ``rules`` package provides one).
+* ``rules``   closed windows and watermarks to the rule evaluator (``pipeline.alerting``),
+  alert transitions to the alert store.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulLogic
 
+from pipeline.alerting import AlertSink, RulesLogic
 from pipeline.health import PipelineStats
 from pipeline.sinks import DeadLetter, DeadLetterSink, RollupSink
 from pipeline.source import ReadBatch, RedisStreamSource
@@ -158,4 +159,10 @@ def build_flow(
     )
     dead = op.filter_map("dead", outputs, lambda kv: kv[1].dead or None)
     op.output("write_dead", dead, DeadLetterSink(settings.redis_url, settings.streams.dead))
+    to_rules = op.map(
+        "to_rules", outputs, lambda kv: ("rules", (kv[0], kv[1].results, kv[1].watermark))
+    )
+    transitions = op.stateful("rules", to_rules, lambda resume: RulesLogic(settings, stats, resume))
+    alerts = op.filter_map("alerts", transitions, lambda kv: kv[1] or None)
+    op.output("write_alerts", alerts, AlertSink(settings))
     return flow
