@@ -55,17 +55,17 @@ from qesmon.errors import ContractError
 from qesmon.series import Series, WindowResult
 from qesmon.sketch import Agg
 from rules.expr import EvaluationFailed
-from rules.fields import compute
-from rules.loader import PLACEHOLDER
-from rules.model import Rule, RuleSet
+from rules.fields import Sums, compute
+from rules.model import META_PLACEHOLDERS, PLACEHOLDER, Rule, RuleSet
 
 SNAPSHOT_VERSION = 1
 #: at most this many error lines are kept between two drain_errors() calls
 MAX_ERRORS = 1000
 #: per rule, at most this many series -> group decisions are cached
-_GROUP_CACHE_LIMIT = 100_000
+_ROUTE_CACHE_LIMIT = 200_000
 
 _GroupKey = tuple[str, tuple[tuple[str, str], ...]]  # tenant, sorted group labels
+_Route = tuple[Rule, tuple[int, ...], _GroupKey, str]  # rule, selector roles, group, fingerprint
 
 
 def fingerprint(rule_id: str, tenant: str, labels: Iterable[tuple[str, str]]) -> str:
@@ -138,7 +138,7 @@ class Evaluator:
         self._outbox: list[AlertTransition] = []
         self._errors: list[str] = []
         self._dropped_errors = 0
-        self._groups: dict[str, dict[Series, tuple[tuple[int, ...], _GroupKey]]] = {}
+        self._routes: dict[tuple[Series, int], tuple[_Route, ...]] = {}
         self.stats = EvaluatorStats()
         if state is not None:
             self._restore(state)
@@ -154,10 +154,7 @@ class Evaluator:
         open alerts of removed rules resolve at the next :meth:`advance`."""
         old = self._rules
         self._rules = rules
-        for rule in old:
-            new = rules.get(rule.id)
-            if new is None or new.digest != rule.digest:
-                self._groups.pop(rule.id, None)
+        self._routes.clear()
         self._retire(lambda rule_id: rule_id not in rules.ids, "rule removed", old)
 
     # -- input -----------------------------------------------------------------------------
@@ -215,85 +212,104 @@ class Evaluator:
         self, out: list[AlertTransition], width: int, start: float, results: Iterable[WindowResult]
     ) -> None:
         end = start + width
-        # rule id -> group -> selector index -> merged aggregate (owned copies marked)
-        groups: dict[str, dict[_GroupKey, dict[int, Agg]]] = {}
+        # rule id -> group -> selector index -> merged aggregate. A group's first aggregate is
+        # used as it is (never mutated); a second one makes an owned merge (Agg or Sums).
+        groups: dict[str, dict[_GroupKey, dict[int, Agg | Sums]]] = {}
         owned: set[int] = set()
         rules_by_id: dict[str, Rule] = {}
+        fps: dict[tuple[str, _GroupKey], str] = {}
         for result in results:
             self.stats.windows += 1
-            for rule in self._rules.matching(result.series.name, width):
-                roles, group = self._group_of(rule, result.series)
-                if not roles:
-                    continue
-                rules_by_id[rule.id] = rule
-                parts = groups.setdefault(rule.id, {}).setdefault(group, {})
+            for rule, roles, group, fp in self._routes_of(result.series, width):
+                by_group = groups.get(rule.id)
+                if by_group is None:
+                    by_group = groups[rule.id] = {}
+                    rules_by_id[rule.id] = rule
+                parts = by_group.get(group)
+                if parts is None:
+                    parts = by_group[group] = {}
+                    fps[(rule.id, group)] = fp
                 for role in roles:
                     agg = parts.get(role)
                     if agg is None:
                         parts[role] = result.agg
                         continue
                     if id(agg) not in owned:
-                        agg = agg.copy()
+                        agg = (
+                            agg.copy() if isinstance(agg, Agg) and rule.needs_sketch else Sums(agg)
+                        )
                         owned.add(id(agg))
                         parts[role] = agg
                     agg.merge(result.agg)
-        for rule_id in sorted(groups):
+        window_out: list[tuple[str, _GroupKey, AlertTransition]] = []
+        for rule_id, by_group in groups.items():
             rule = rules_by_id[rule_id]
             failures: list[str] = []
-            for group in sorted(groups[rule_id]):
+            for group, parts in by_group.items():
                 problem = self._evaluate_group(
-                    out, rule, width, start, end, group, groups[rule_id][group]
+                    window_out, rule, width, start, end, group, fps[(rule_id, group)], parts
                 )
                 if problem is not None:
                     failures.append(problem)
             if failures:
                 self.stats.errors += len(failures)
+                failures.sort()
                 more = f" (and {len(failures) - 1} more groups)" if len(failures) > 1 else ""
                 self._error(
                     f"rule {rule.id}, window [{_ts(start)}, {_ts(end)}) "
                     f"width {width}s: {failures[0]}{more}"
                 )
+        # the same transitions in the same order whatever order the windows came in
+        window_out.sort(key=lambda item: (item[0], item[1]))
+        out += [t for _, _, t in window_out]
 
-    def _group_of(self, rule: Rule, series: Series) -> tuple[tuple[int, ...], _GroupKey]:
-        cache = self._groups.setdefault(rule.id, {})
-        hit = cache.get(series)
-        if hit is not None:
-            return hit
-        roles = tuple(i for i, sel in enumerate(rule.selectors) if sel.matches(series))
-        labels = []
-        tenant = ""
-        for key in rule.group_by:
-            if key == "tenant":
-                tenant = series.tenant
+    def _routes_of(self, series: Series, width: int) -> tuple[_Route, ...]:
+        """The rules that read ``series`` at ``width``, with its selector roles, group and
+        fingerprint for each (cached: series repeat every window)."""
+        key = (series, width)
+        routes = self._routes.get(key)
+        if routes is not None:
+            return routes
+        found = []
+        for rule in self._rules.matching(series.name, width):
+            roles = tuple(i for i, sel in enumerate(rule.selectors) if sel.matches(series))
+            if not roles:
                 continue
-            value = series.label(key)
-            if value:
-                labels.append((key, value))
-        if "tenant" not in rule.group_by and rule.metric is not None and rule.metric.tenant:
-            tenant = rule.metric.tenant
-        decision = (roles, (tenant, tuple(sorted(labels))))
-        if len(cache) >= _GROUP_CACHE_LIMIT:
-            cache.clear()
-        cache[series] = decision
-        return decision
+            labels = []
+            tenant = ""
+            for label in rule.group_by:
+                if label == "tenant":
+                    tenant = series.tenant
+                    continue
+                value = series.label(label)
+                if value:
+                    labels.append((label, value))
+            if "tenant" not in rule.group_by and rule.metric is not None and rule.metric.tenant:
+                tenant = rule.metric.tenant
+            group = (tenant, tuple(sorted(labels)))
+            found.append((rule, roles, group, fingerprint(rule.id, tenant, group[1])))
+        if len(self._routes) >= _ROUTE_CACHE_LIMIT:
+            self._routes.clear()
+        routes = self._routes[key] = tuple(found)
+        return routes
 
     def _evaluate_group(
         self,
-        out: list[AlertTransition],
+        out: list[tuple[str, _GroupKey, AlertTransition]],
         rule: Rule,
         width: int,
         start: float,
         end: float,
         group: _GroupKey,
-        parts: dict[int, Agg],
+        fp: str,
+        parts: dict[int, Agg | Sums],
     ) -> str | None:
         tenant, labels = group
         main = parts.get(0) if rule.metric is not None else None
-        values = compute(rule.symbols, width, main, parts, rule, tenant, dict(labels))
-        if any(values[name] is None for name in rule.symbols):
+        values = compute(rule.symbols, width, main, parts, rule, tenant, labels)
+        if None in values.values():
             return None  # no data for this group in this window
         self.stats.evaluations += 1
-        fp = fingerprint(rule.id, tenant, labels)
         alert = self._alerts.get((rule.id, fp))
         try:
             true = rule.condition(values)
@@ -305,54 +321,38 @@ class Evaluator:
         except Exception as exc:  # a rule must never stop the pipeline
             return f"{_group_text(group)}: {type(exc).__name__}: {exc}"
         value = values[rule.value_field]
+        key = (rule.id, fp)
+        move: tuple[AlertState, AlertState] | None
         if alert is None:
             if not true:
                 return None
-            alert = _Alert(
-                rule.id, rule.severity, tenant, labels, AlertState.PENDING, start, end, value=value
-            )
             state = AlertState.FIRING if end - start >= rule.for_s else AlertState.PENDING
-            alert.state = state
-            self._alerts[(rule.id, fp)] = alert
-            out.append(
-                self._transition(
-                    rule, fp, alert, AlertState.INACTIVE, state, end, values, parts, width
-                )
-            )
-            return None
-        alert.last_data = end
-        alert.value = value
+            alert = _Alert(rule.id, rule.severity, tenant, labels, state, start, end, value=value)
+            self._alerts[key] = alert
+            move = (AlertState.INACTIVE, state)
+        else:
+            alert.last_data = end
+            alert.value = value
+            move = self._step(rule, alert, true, clear, start, end)
+            if move is None:
+                return None
+            if move[1] in (AlertState.INACTIVE, AlertState.RESOLVED):
+                del self._alerts[key]
+        transition = self._transition(rule, fp, alert, *move, end, values, parts, width)
+        out.append((rule.id, group, transition))
+        return None
+
+    @staticmethod
+    def _step(
+        rule: Rule, alert: _Alert, true: bool, clear: bool, start: float, end: float
+    ) -> tuple[AlertState, AlertState] | None:
+        """The state change of a pending or firing alert after one evaluated window."""
         if alert.state is AlertState.PENDING:
             if not true:
-                del self._alerts[(rule.id, fp)]
-                out.append(
-                    self._transition(
-                        rule,
-                        fp,
-                        alert,
-                        AlertState.PENDING,
-                        AlertState.INACTIVE,
-                        end,
-                        values,
-                        parts,
-                        width,
-                    )
-                )
-            elif end - alert.active_since >= rule.for_s:
+                return (AlertState.PENDING, AlertState.INACTIVE)
+            if end - alert.active_since >= rule.for_s:
                 alert.state = AlertState.FIRING
-                out.append(
-                    self._transition(
-                        rule,
-                        fp,
-                        alert,
-                        AlertState.PENDING,
-                        AlertState.FIRING,
-                        end,
-                        values,
-                        parts,
-                        width,
-                    )
-                )
+                return (AlertState.PENDING, AlertState.FIRING)
             return None
         if not clear:
             alert.clear_since = None
@@ -360,20 +360,7 @@ class Evaluator:
         if alert.clear_since is None:
             alert.clear_since = start
         if end - alert.clear_since >= rule.keep_firing_for:
-            del self._alerts[(rule.id, fp)]
-            out.append(
-                self._transition(
-                    rule,
-                    fp,
-                    alert,
-                    AlertState.FIRING,
-                    AlertState.RESOLVED,
-                    end,
-                    values,
-                    parts,
-                    width,
-                )
-            )
+            return (AlertState.FIRING, AlertState.RESOLVED)
         return None
 
     def _expire(self, out: list[AlertTransition], before: float) -> None:
@@ -433,7 +420,7 @@ class Evaluator:
         to_state: AlertState,
         at: float,
         values: dict[str, object] | None,
-        parts: dict[int, Agg],
+        parts: dict[int, Agg | Sums],
         width: int,
         reason: str | None = None,
     ) -> AlertTransition:
@@ -470,7 +457,7 @@ class Evaluator:
         alert: _Alert,
         labels: dict[str, str],
         values: dict[str, object] | None,
-        parts: dict[int, Agg],
+        parts: dict[int, Agg | Sums],
         width: int,
     ) -> str:
         if "{{" not in text:
@@ -478,11 +465,11 @@ class Evaluator:
         wanted = {m.group(1) for m in PLACEHOLDER.finditer(text)}
         fields: dict[str, object] = {}
         if values is not None:
-            names = {w for w in wanted if "." not in w and w not in _META} - set(values)
+            names = {w for w in wanted if "." not in w and w not in META_PLACEHOLDERS} - set(values)
             main = parts.get(0) if rule.metric is not None else None
             fields = {
                 **values,
-                **compute(names, width, main, parts, rule, alert.tenant, dict(alert.labels)),
+                **compute(names, width, main, parts, rule, alert.tenant, alert.labels),
             }
         meta = {
             "value": alert.value if values is None else values.get(rule.value_field),
@@ -557,9 +544,6 @@ class Evaluator:
                 self._buffer.setdefault((int(width), float(start)), {})[series] = result
         except (ValueError, KeyError, TypeError, AssertionError, ContractError) as exc:
             raise ContractError(f"evaluator snapshot is unreadable: {exc}") from exc
-
-
-_META = frozenset({"value", "tenant", "rule_id", "rule_name", "severity", "threshold"})
 
 
 def _series_key(series: Series) -> tuple[str, str, str, tuple[tuple[str, str], ...]]:

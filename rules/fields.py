@@ -74,7 +74,35 @@ _ADDITIVE = frozenset({"count", "errors", "sum", "distinct_users"})
 _PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 
 
-def agg_field(agg: Agg | None, name: str, width: int) -> float | None:
+class Sums:
+    """The scalar part of merged aggregates (count, errors, sum, min, max): what a group needs
+    when its rule reads no percentile or distinct count, at a fraction of ``Agg.merge``."""
+
+    __slots__ = ("count", "errors", "max", "min", "sum")
+    count: int
+    errors: int
+    sum: float
+    min: float
+    max: float
+
+    def __init__(self, first: Agg | Sums) -> None:
+        self.count = first.count
+        self.errors = first.errors
+        self.sum = first.sum
+        self.min = first.min
+        self.max = first.max
+
+    def merge(self, other: Agg | Sums) -> None:
+        self.count += other.count
+        self.errors += other.errors
+        self.sum += other.sum
+        if other.min < self.min:
+            self.min = other.min
+        if other.max > self.max:
+            self.max = other.max
+
+
+def agg_field(agg: Agg | Sums | None, name: str, width: int) -> float | None:
     """One float field of an aggregate (see the module table); None when undefined."""
     if agg is None or agg.count == 0:
         return 0.0 if agg is not None and name in _ADDITIVE else None
@@ -91,8 +119,10 @@ def agg_field(agg: Agg | None, name: str, width: int) -> float | None:
     if name in ("avg", "value", "avg_response_time") or name in RESOURCE_FIELDS:
         return agg.sum / agg.count
     if name in _PERCENTILES:
+        assert isinstance(agg, Agg), "percentiles need the merged sketch"
         return agg.quantiles((_PERCENTILES[name],))[0]
     if name == "distinct_users":
+        assert isinstance(agg, Agg), "distinct counts need the merged sketch"
         return float(agg.distinct_users())
     if name == "error_rate":
         return agg.errors / agg.count * 100.0
@@ -102,7 +132,7 @@ def agg_field(agg: Agg | None, name: str, width: int) -> float | None:
 
 
 def ratio_value(
-    num: Agg | None, den: Agg | None, field: str, scale: float, width: int
+    num: Agg | Sums | None, den: Agg | Sums | None, field: str, scale: float, width: int
 ) -> float | None:
     """``num.field / den.field * scale``; None when the denominator is absent or zero.
 
@@ -121,11 +151,11 @@ def ratio_value(
 def compute(
     names: Iterable[str],
     width: int,
-    main: Agg | None,
-    parts: dict[int, Agg],
+    main: Agg | Sums | None,
+    parts: dict[int, Agg | Sums],
     rule: Rule,
     tenant: str,
-    labels: dict[str, str],
+    labels: tuple[tuple[str, str], ...],
 ) -> dict[str, Any]:
     """The requested fields for one group and window.
 
@@ -139,7 +169,7 @@ def compute(
         elif name == "tenant":
             out[name] = tenant
         elif name == "labels":
-            out[name] = labels
+            out[name] = dict(labels)
         elif name in FLOAT_FIELDS:
             out[name] = agg_field(main, name, width)
         else:

@@ -63,6 +63,7 @@ from qesmon.series import ROLLUP_WIDTHS
 from rules.expr import Condition, ExpressionError
 from rules.fields import FLOAT_FIELDS, RATIO_FIELDS, RESOURCE_FIELDS
 from rules.model import (
+    PLACEHOLDER,
     LabelMatcher,
     MetricSelector,
     Ratio,
@@ -108,7 +109,6 @@ _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")
 _LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.-]*")
 _FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _CHANNEL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_.-]+)?)\s*\}\}")
 _BASE_FIELDS = FLOAT_FIELDS - set(RESOURCE_FIELDS)  # need the rule's main metric
 
 try:

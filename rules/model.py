@@ -9,10 +9,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from qesmon.alerts import Severity
 from qesmon.series import Series
 from rules.expr import Condition
+
+#: ``{{ name }}`` placeholders of annotations (``{{ labels.x }}`` for a label)
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_.-]+)?)\s*\}\}")
+#: placeholders that are not window fields
+META_PLACEHOLDERS = frozenset({"value", "tenant", "rule_id", "rule_name", "severity", "threshold"})
+#: fields that need the merged sketches (percentiles, distinct users), not just the sums
+SKETCH_FIELDS = frozenset({"p50", "p95", "p99", "distinct_users"})
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -136,7 +144,7 @@ class Rule:
     #: canonical text of the definition, to tell an edited rule from an unchanged one
     digest: str = ""
 
-    @property
+    @cached_property
     def selectors(self) -> tuple[MetricSelector, ...]:
         """Every selector the rule reads, the main metric first, without repeats."""
         out: list[MetricSelector] = []
@@ -148,17 +156,33 @@ class Rule:
                 out.append(sel)
         return tuple(out)
 
-    @property
+    @cached_property
     def metric_names(self) -> frozenset[str]:
         return frozenset(sel.name for sel in self.selectors)
 
-    @property
+    @cached_property
     def symbols(self) -> frozenset[str]:
         """Every field the conditions and the alert value need for one evaluation."""
         names = set(self.condition.symbols) | {self.value_field}
         if self.resolve_condition is not None:
             names |= self.resolve_condition.symbols
         return frozenset(names)
+
+    @cached_property
+    def annotation_fields(self) -> frozenset[str]:
+        """Window fields the annotations show (computed only when a transition happens)."""
+        refs = {
+            m.group(1) for text in self.annotations.values() for m in PLACEHOLDER.finditer(text)
+        }
+        return frozenset(r for r in refs if "." not in r and r not in META_PLACEHOLDERS)
+
+    @cached_property
+    def needs_sketch(self) -> bool:
+        """Whether merging a group needs the sketches, or count/errors/sum/min/max suffice."""
+        names = self.symbols | self.annotation_fields
+        return bool(names & SKETCH_FIELDS) or any(
+            r.field in SKETCH_FIELDS and r.name in names for r in self.ratios
+        )
 
     def __repr__(self) -> str:
         return f"Rule({self.id!r}, {self.source})"
