@@ -270,44 +270,51 @@ class Notifier:
                 GROUP, self.consumer, {stream: ">"}, count=100, block=500
             )
             entries = _entries(reply)
-        for entry_id, fields in entries:
-            await self._handle_entry(entry_id.decode(), fields)
+        if entries:
+            await self._handle_entries(entries)
         return bool(entries) or not self._own_pending  # a blocking read paced this call
 
-    async def _handle_entry(self, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
+    async def _handle_entries(self, entries: list[Any]) -> None:
+        """Handle one read's entries in one transaction, then acknowledge them together."""
         stream = self.settings.streams.alerts
-        try:
-            transition = AlertTransition.from_fields(fields)
-        except ContractError as exc:
-            self.counters["malformed"] += 1
-            log.error(
-                "alert entry %s is malformed, moved to %s: %s",
-                entry_id,
-                self.settings.streams.key("alerts", "dead"),
-                exc,
-            )
-            dead: dict[Any, Any] = {
-                k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()
-            }
-            dead.update(error=str(exc), source_id=entry_id)
-            await self.redis.xadd(
-                self.settings.streams.key("alerts", "dead"), dead, maxlen=10000, approximate=True
-            )
-            await self.redis.xack(stream, GROUP, entry_id)
+        good: list[tuple[str, AlertTransition]] = []
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode()
+            try:
+                good.append((entry_id, AlertTransition.from_fields(fields)))
+            except ContractError as exc:
+                await self._dead_letter(entry_id, fields, exc)
+        if not good:
             return
-        self.counters["transitions"] += 1
+        plans = []
         async with self.pool.connection() as conn, conn.transaction():
-            plan = await store.record_transition(
-                conn,
-                transition,
-                entry_id,
-                policy=self.policy.current,
-                available=self.available,
-                now=self.clock.now(),
-                time_scale=self.settings.notifier_time_scale,
-            )
-        await self.redis.xack(stream, GROUP, entry_id)
-        self._account(plan)
+            for entry_id, transition in good:
+                plans.append(
+                    await store.record_transition(
+                        conn,
+                        transition,
+                        entry_id,
+                        policy=self.policy.current,
+                        available=self.available,
+                        now=self.clock.now(),
+                        time_scale=self.settings.notifier_time_scale,
+                    )
+                )
+        await self.redis.xack(stream, GROUP, *[entry_id for entry_id, _ in good])
+        self.counters["transitions"] += len(good)
+        for plan in plans:
+            self._account(plan)
+
+    async def _dead_letter(
+        self, entry_id: str, fields: Mapping[bytes, bytes], exc: ContractError
+    ) -> None:
+        dead_key = self.settings.streams.key("alerts", "dead")
+        self.counters["malformed"] += 1
+        log.error("alert entry %s is malformed, moved to %s: %s", entry_id, dead_key, exc)
+        dead: dict[Any, Any] = {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
+        dead.update(error=str(exc), source_id=entry_id)
+        await self.redis.xadd(dead_key, dead, maxlen=10000, approximate=True)
+        await self.redis.xack(self.settings.streams.alerts, GROUP, entry_id)
 
     def _account(self, plan: store.Plan) -> None:
         if plan.outcome == "duplicate":
