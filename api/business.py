@@ -71,7 +71,7 @@ async def build(
     forecasts = []
     for currency in currencies:
         series = [daily.get((currency, d), 0.0) for d in full_days]
-        fc = linear_forecast(series, days)
+        fc = linear_forecast(series, days, skip=1)
         forecasts.append(
             {
                 "currency": currency,

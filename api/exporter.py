@@ -135,6 +135,7 @@ class Exporter:
         self._closed = _Closed()
         self._slow: list[Metric] = []
         self._slow_at = -math.inf
+        self._lock = asyncio.Lock()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -159,6 +160,11 @@ class Exporter:
                 await asyncio.wait_for(stop.wait(), REFRESH_SECONDS)
 
     async def refresh(self) -> None:
+        """Rebuild the snapshot (one refresh at a time: the closed-hour totals accumulate)."""
+        async with self._lock:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         started = time.perf_counter()
         now = time.time()
         families: list[Metric] = []

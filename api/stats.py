@@ -85,9 +85,11 @@ def _ols(ys: Sequence[float]) -> tuple[float, float]:
     return mean_y - slope * mean_x, slope
 
 
-def linear_forecast(daily: Sequence[float], horizon: int) -> Forecast:
+def linear_forecast(daily: Sequence[float], horizon: int, skip: int = 0) -> Forecast:
     """Forecast ``horizon`` days from a least-squares linear trend over ``daily`` totals.
 
+    The first forecast day is ``skip`` days after the day following the last one given
+    (``skip=1`` when today is still running and not part of ``daily``).
     Predictions are clipped at zero (revenue is not negative). The backtest predicts each day
     from at least 3 days before it.
     """
@@ -95,7 +97,7 @@ def linear_forecast(daily: Sequence[float], horizon: int) -> Forecast:
         return Forecast("ols_linear_trend", [0.0] * horizon, 0.0, None, None, 0)
     intercept, slope = _ols(daily)
     n = len(daily)
-    predictions = [max(0.0, intercept + slope * (n + i)) for i in range(horizon)]
+    predictions = [max(0.0, intercept + slope * (n + skip + i)) for i in range(horizon)]
     errors: list[float] = []
     pct: list[float] = []
     for t in range(3, n):
