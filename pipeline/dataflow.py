@@ -23,6 +23,7 @@ from bytewax.operators import StatefulLogic
 
 from pipeline.alerting import AlertSink, RulesLogic
 from pipeline.health import PipelineStats
+from pipeline.live import LivePublisher
 from pipeline.sinks import DeadLetter, DeadLetterSink, RollupSink
 from pipeline.source import ReadBatch, RedisStreamSource
 from pipeline.windows import ShardWindows
@@ -72,6 +73,7 @@ class WindowLogic(StatefulLogic[ParsedBatch, WindowOutput, bytes]):
         self, settings: Settings, stats: PipelineStats | None, resume: bytes | None
     ) -> None:
         self.stats = stats
+        self.live = LivePublisher(settings.redis_url, settings.key_prefix)
         if resume is not None:
             self.windows: ShardWindows = pickle.loads(resume)
         else:
@@ -85,6 +87,8 @@ class WindowLogic(StatefulLogic[ParsedBatch, WindowOutput, bytes]):
         late = windows.add(value.events)
         windows.set_caught_up(value.caught_up, value.read_at, value.entries > 0)
         results = windows.advance(time.time())
+        if self.live.due():
+            self.live.publish(windows.take_touched())
         dead = value.dead
         for item in late:
             e = item.event

@@ -99,6 +99,8 @@ class ShardWindows:
         #: wall-clock time since which the shard has been caught up, or None
         self.idle_since: float | None = None
         self._dirty: list[tuple[_Level, WindowKey]] = []
+        #: base windows that got events since the last :meth:`take_touched` (live cache)
+        self.touched: set[WindowKey] = set()
 
     # -- feeding -----------------------------------------------------------------------------
 
@@ -115,6 +117,7 @@ class ShardWindows:
         max_ts = self.max_ts
         horizon = max(max_ts - wait, self.final_horizon)
         late: list[Late] = []
+        touched = self.touched
         for event, entry_ts, entry_id in events:
             ts = event.ts
             start = int(ts // width) * width
@@ -126,6 +129,7 @@ class ShardWindows:
             if window is None:
                 window = self._open(key)
             window.agg.add(event.value, event.success, event.user)
+            touched.add(key)
             if window.emitted and not window.dirty:
                 self._mark_dirty(base, key, window)
             clock = ts if ts < entry_ts else entry_ts
@@ -254,6 +258,16 @@ class ShardWindows:
             Series(name, mtype, tenant, labels), level.width, float(start), agg, window.revision
         )
 
+    def take_touched(self) -> list[WindowResult]:
+        """Current values of the base windows that changed since the last call."""
+        out = []
+        for key in self.touched:
+            window = self.base.windows.get(key)
+            if window is not None:
+                out.append(self._result(self.base, key, window))
+        self.touched = set()
+        return out
+
     # -- introspection -----------------------------------------------------------------------
 
     @property
@@ -264,4 +278,5 @@ class ShardWindows:
         # After a restore nobody knows whether the stream is drained: start from the data.
         state = dict(self.__dict__)
         state["idle_since"] = None
+        state["touched"] = set()
         return state

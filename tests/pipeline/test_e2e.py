@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 import redis
@@ -230,3 +231,31 @@ def test_late_update_rewrites_the_window_and_too_late_goes_to_dead_letters(
     assert letter["name"] == "upd" and float(letter["value"]) == 9.0
     assert "late" in letter["error"]
     assert row() == (2, 7.0)
+
+
+def test_open_windows_are_published_live_within_a_second(
+    psettings: Settings, redis_client: redis.Redis, running: QesmonProcess
+) -> None:
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(f"{psettings.key_prefix}:live")
+    wait_for(lambda: pubsub.get_message(timeout=0.1), 5, "the subscription")
+    time.sleep(1.0)  # the pipeline is up and reading
+    stream = psettings.streams.metrics[0]
+    for value in (1, 2, 3):
+        redis_client.xadd(stream, {"name": "live_x", "value": str(value), "tenant": "t9"})
+    sent = time.monotonic()
+
+    def live_total() -> dict[str, object] | None:
+        message = pubsub.get_message(timeout=0.1)
+        if message and message["type"] == "message":
+            for w in orjson.loads(message["data"])["windows"]:
+                if w["name"] == "live_x" and w["count"] == 3:
+                    return w
+        return None
+
+    window = wait_for(live_total, 5, "a live update with all three events")
+    assert time.monotonic() - sent < 1.0
+    assert (window["sum"], window["tenant"], window["width_s"]) == (6.0, "t9", 10)
+    stored = redis_client.hgetall(f"{psettings.key_prefix}:live:windows:{int(window['start'])}")
+    assert any(orjson.loads(v)["count"] == 3 for v in stored.values())  # type: ignore[union-attr]
+    pubsub.close()
