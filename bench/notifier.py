@@ -73,10 +73,16 @@ async def run(rate: float, seconds: float, group_wait: str) -> None:
     rules = Path(tempfile.mkdtemp(prefix="qesmon-bench-rules-"))
     (rules / "notifications.yaml").write_text(
         "routing:\n  defaults: {channels: [webhook], group_by: [fingerprint],"
-        f" group_wait: {group_wait}, repeat_interval: 0s}}\n")
-    env = {**os.environ, "DATABASE_URL": db_url, "QESMON_KEY_PREFIX": prefix,
-           "RULES_DIR": str(rules), "WEBHOOK_URL": f"http://127.0.0.1:{port}/hook",
-           "LOG_LEVEL": "WARNING"}
+        f" group_wait: {group_wait}, repeat_interval: 0s}}\n"
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "QESMON_KEY_PREFIX": prefix,
+        "RULES_DIR": str(rules),
+        "WEBHOOK_URL": f"http://127.0.0.1:{port}/hook",
+        "LOG_LEVEL": "WARNING",
+    }
     proc = subprocess.Popen([sys.executable, "-m", "qesmon", "notifier"], cwd=ROOT, env=env)
     r = redis.asyncio.Redis.from_url(redis_url)
     stream = f"{prefix}:alerts"
@@ -91,9 +97,18 @@ async def run(rate: float, seconds: float, group_wait: str) -> None:
             if delay > 0:
                 await asyncio.sleep(delay)
             fp = f"bench-{i:06d}"
-            t = AlertTransition(fp, "bench_rule", "Bench rule", Severity.CRITICAL,
-                                AlertState.PENDING, AlertState.FIRING, time.time(), 1.0,
-                                tenant="t", labels={"i": str(i)})
+            t = AlertTransition(
+                fp,
+                "bench_rule",
+                "Bench rule",
+                Severity.CRITICAL,
+                AlertState.PENDING,
+                AlertState.FIRING,
+                time.time(),
+                1.0,
+                tenant="t",
+                labels={"i": str(i)},
+            )
             sent[fp] = time.time()
             await r.xadd(stream, t.to_fields())  # type: ignore[arg-type]
         deadline = time.time() + 30
@@ -115,13 +130,19 @@ async def run(rate: float, seconds: float, group_wait: str) -> None:
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(p / 100 * len(lat)))]
 
-    print(f"machine: {os.cpu_count()} CPUs, {cpu_model()} (shared, loaded box: other sessions "
-          "run tests and benchmarks at the same time)")
-    print(f"rate {rate:g} alerts/s for {seconds:g} s, group_wait {group_wait}: "
-          f"{len(lat)} delivered, {lost} missing")
+    print(
+        f"machine: {os.cpu_count()} CPUs, {cpu_model()} (shared, loaded box: other sessions "
+        "run tests and benchmarks at the same time)"
+    )
+    print(
+        f"rate {rate:g} alerts/s for {seconds:g} s, group_wait {group_wait}: "
+        f"{len(lat)} delivered, {lost} missing"
+    )
     if lat:
-        print(f"firing-to-delivered latency ms: p50 {pct(50):.1f}  p90 {pct(90):.1f}  "
-              f"p99 {pct(99):.1f}  max {lat[-1]:.1f}  mean {statistics.fmean(lat):.1f}")
+        print(
+            f"firing-to-delivered latency ms: p50 {pct(50):.1f}  p90 {pct(90):.1f}  "
+            f"p99 {pct(99):.1f}  max {lat[-1]:.1f}  mean {statistics.fmean(lat):.1f}"
+        )
         print("target p99 < 250 ms:", "met" if pct(99) < 250 else "NOT met")
 
 
