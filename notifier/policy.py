@@ -1,9 +1,9 @@
 """Reading the notifier's YAML (routing and escalation policies) from ``RULES_DIR``.
 
 Every ``*.yaml``/``*.yml`` file in ``RULES_DIR`` (not recursive) whose top level has the key
-``routing`` and/or ``escalation_policies`` is read; other files are rule files and skipped.
-Keep both keys in one file (``RULES_DIR/notifications.yaml``) so the rule loader, which
-skips files with ``escalation_policies``, never sees a ``routing`` key alone. The files are
+``routing`` and/or ``escalation_policies`` is read; other files are rule files and skipped
+(and the rule loader skips ours). Conventionally both keys live in
+``RULES_DIR/notifications.yaml``; ``routing`` may be defined in one file only. The files are
 re-read when one of them changes (:meth:`PolicyStore.maybe_reload`), so edits take effect
 without a restart; a broken edit is logged and the last good configuration is kept.
 """
