@@ -2,7 +2,8 @@
 
 Steps, one Bytewax item per XREAD batch (per-item engine overhead is paid per batch):
 
-* ``read``    :class:`~pipeline.source.RedisStreamSource`, one partition per shard;
+* ``read``    :class:`~pipeline.source.RedisStreamSource`, one partition per shard, plus the
+  backfill shard (historical events, with a watermark of its own, not evaluated by rules);
 * ``parse``   the shared contract parser; rejects become dead letters;
 * ``window``  a stateful step per shard holding :class:`~pipeline.windows.ShardWindows`
   (snapshotted by Bytewax recovery together with the source position);
@@ -145,7 +146,11 @@ def build_flow(
     flow = Dataflow("qesmon")
     source = RedisStreamSource(
         settings.redis_url,
-        settings.streams.metrics,
+        # a bounded run (stop_at) reads the metric shards only: an empty backfill shard
+        # would never reach the stop ID
+        settings.streams.metrics
+        if stop_at
+        else [*settings.streams.metrics, settings.streams.backfill],
         batch_size=batch_size,
         poll_interval=poll_interval,
         trim_after=trim_after,
@@ -163,8 +168,9 @@ def build_flow(
     )
     dead = op.filter_map("dead", outputs, lambda kv: kv[1].dead or None)
     op.output("write_dead", dead, DeadLetterSink(settings.redis_url, settings.streams.dead))
+    live = op.filter("live_shards", outputs, lambda kv: kv[0] != settings.streams.backfill)
     to_rules = op.map(
-        "to_rules", outputs, lambda kv: ("rules", (kv[0], kv[1].results, kv[1].watermark))
+        "to_rules", live, lambda kv: ("rules", (kv[0], kv[1].results, kv[1].watermark))
     )
     transitions = op.stateful("rules", to_rules, lambda resume: RulesLogic(settings, stats, resume))
     alerts = op.filter_map("alerts", transitions, lambda kv: kv[1] or None)

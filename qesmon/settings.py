@@ -59,6 +59,12 @@ class StreamKeys:
         return [f"{self.prefix}:metrics:{i}" for i in range(self.shards)]
 
     @property
+    def backfill(self) -> str:
+        """Historical events (``qesmon demo --backfill``, imports): a shard with its own
+        watermark, so week-old events are not late; its windows are not given to the rules."""
+        return f"{self.prefix}:metrics:backfill"
+
+    @property
     def dead(self) -> str:
         return f"{self.prefix}:metrics:dead"
 

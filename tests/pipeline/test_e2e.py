@@ -259,3 +259,40 @@ def test_open_windows_are_published_live_within_a_second(
     stored = redis_client.hgetall(f"{psettings.key_prefix}:live:windows:{int(window['start'])}")
     assert any(orjson.loads(v)["count"] == 3 for v in stored.values())  # type: ignore[union-attr]
     pubsub.close()
+
+
+def test_backfill_shard_has_its_own_watermark(
+    psettings: Settings, redis_client: redis.Redis, running: QesmonProcess, db: psycopg.Connection
+) -> None:
+    live = psettings.streams.metrics[0]
+    redis_client.xadd(live, {"name": "now_metric", "value": "1"})  # live time is now
+    week_ago = time.time() - 7 * 86400
+    wait_for(
+        lambda: (
+            db.execute("SELECT 1 FROM metrics_rollup WHERE name = 'now_metric'").fetchone()
+            or not redis_client.xadd(live, {"name": "tick", "value": "1"})
+        ),
+        20,
+        "the live window",
+    )
+    for i in range(20):
+        redis_client.xadd(
+            psettings.streams.backfill,
+            {"name": "old_metric", "value": "2", "ts": str(week_ago + i * 5)},
+        )
+    redis_client.xadd(
+        psettings.streams.backfill, {"name": "old_clock", "value": "1", "ts": str(week_ago + 3600)}
+    )
+    rows = wait_for(
+        lambda: (
+            db.execute(
+                "SELECT coalesce(sum(count), 0) FROM metrics_rollup WHERE name = 'old_metric'"
+                " AND width_s = 10"
+            ).fetchone()[0]
+            == 20
+        ),
+        20,
+        "the backfilled windows",
+    )
+    assert rows
+    assert not [d for d in dead_letters(redis_client, psettings) if d.get("name") == "old_metric"]
