@@ -22,7 +22,10 @@ import redis.asyncio
 from qesmon.migrate import apply_migrations
 from qesmon.settings import Settings
 
-TABLES = "series, metric_rollups, alerts, alert_events, deliveries, channel_configs, api_keys"
+TABLES = (
+    "series, metric_rollups, alerts, alert_events, deliveries, channel_configs, api_keys,"
+    " notifier_seen_transitions, notifier_outbox, notifier_episodes, notifier_timers"
+)
 
 
 def _required_env(name: str) -> str:
