@@ -14,6 +14,7 @@ delay (window end + wait -> row committed) of every 10 s window.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import random
@@ -259,7 +260,8 @@ def main() -> None:
         for width, n, events in rows:
             print(f"  width {width:>4} s: {n:,} rollup rows, {int(events):,} events")
         if not args.no_live:
-            delays = sorted(live_phase(settings, args.live_rate, 20.0))
+            live = dataclasses.replace(settings, key_prefix=f"{prefix}live")
+            delays = sorted(live_phase(live, args.live_rate, 20.0))
             if delays:
                 p99 = delays[min(len(delays) - 1, int(0.99 * len(delays)))]
                 print(
@@ -268,7 +270,7 @@ def main() -> None:
                     f"max {delays[-1]:.3f} s over {len(delays)} windows"
                 )
     finally:
-        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        keys = list(client.scan_iter(match=f"{prefix}*"))
         if keys:
             client.delete(*keys)
         client.close()
