@@ -18,7 +18,8 @@ key ``escalation_policies`` or ``routing`` belong to the notifier and are skippe
         endpoint: {regex: "/api/.*"}   #   full regex match ({not_regex: ...} to exclude)
     group_by: [service, endpoint]      # labels, and the pseudo-label `tenant`; default: one
                                        # group for all matching series
-    condition: error_rate > threshold  # rule-engine expression over the fields (rules.fields)
+    condition: error_rate > threshold  # rule-engine expression over the fields (rules.fields),
+                                       # also tenant and labels["endpoint"] of the group
     threshold: 5                       # optional, usable as `threshold`
     for: 1m                            # condition held this long (event time) before firing
     window: 10s                        # rollup width evaluated: 10s (default), 1m or 1h

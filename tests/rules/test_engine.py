@@ -507,3 +507,20 @@ def test_a_corrupt_snapshot_is_a_clear_error() -> None:
         Evaluator(default_rules(), b'{"v": 99}')
     with pytest.raises(ContractError, match="evaluator snapshot is unreadable"):
         Evaluator(default_rules(), b"not json")
+
+
+def test_conditions_can_read_the_group_tenant_and_labels() -> None:
+    rules = rules_from("""
+id: errors
+severity: critical
+metric: http_request
+group_by: [tenant, endpoint]
+condition: error_rate > 5 and labels["endpoint"] != "/health" and tenant == "t1"
+""")
+    windows = [
+        window("http_request", T0, [0.1] * 10, failures=5, tenant=tenant, endpoint=endpoint)
+        for tenant in ("t1", "t2")
+        for endpoint in ("/sign", "/health")
+    ]
+    out = feed(Evaluator(rules), windows)
+    assert [(t.tenant, dict(t.labels)) for t in out] == [("t1", {"endpoint": "/sign"})]
