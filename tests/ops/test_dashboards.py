@@ -339,7 +339,7 @@ def test_headline_panels_equal_the_workload_totals(ops_data: OpsData) -> None:
     events = ops_data.load.events
     http = [e for e in events if e["name"] == v.HTTP_REQUEST]
     payments = [e for e in events if e["name"] == v.SUBSCRIPTION_PAYMENT]
-    expected = {
+    expected: dict[tuple[str, str], list[tuple[Any, ...]]] = {
         ("system-performance.json", "Requests"): [(len(http),)],
         ("system-performance.json", "Error rate"): [
             (100.0 * sum(1 for e in http if e.get("success") is False) / len(http),)

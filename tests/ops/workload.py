@@ -43,13 +43,14 @@ class Workload:
 
 
 def generate(now: float, hours: float = 3.0, step: float = 20.0, seed: int = 7) -> Workload:
-    """Every ``step`` seconds, one round of events of every kind, the last at ``now - 70``.
+    """Every ``step`` seconds, one round of events of every kind, the last at ``now - 150``.
 
-    The last event is over a minute old, so its 10 s and 1 min windows close on the
-    pipeline's wall-clock watermark without waiting for more traffic.
+    The last event's minute ended more than the allowed lateness (30 s) ago, so the pipeline
+    finalises its 10 s and 1 min windows as soon as it has read everything, without waiting
+    for more traffic or for the wall clock.
     """
     rng = random.Random(seed)
-    end = now - 70.0
+    end = now - 150.0
     start = end - hours * 3600.0
     events: list[dict[str, Any]] = []
     n = int((end - start) // step)
@@ -161,10 +162,10 @@ def _round(rng: random.Random, i: int, ts: float) -> list[dict[str, Any]]:
 ALERTS = (
     ("high-error-rate", "critical", "firing", TENANTS[0]),
     ("high-memory", "critical", "resolved", ""),
-    ("slow-response", "warning", "pending", ""),
-    ("low-disk", "warning", "resolved", ""),
+    ("low-disk", "warning", "pending", ""),
     ("quota-exceeded", "info", "firing", TENANTS[1]),
     ("high-cpu", "warning", "firing", ""),
+    ("slow-response", "warning", "resolved", TENANTS[0]),  # the latest: in the last 30 min
 )
 
 
