@@ -86,6 +86,7 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
 def _run_local_cluster(processes: int, workers: int, recovery_dir: Path) -> int:
     addresses = ";".join(f"localhost:{2101 + i}" for i in range(processes))
     prepare_recovery(recovery_dir, processes * workers)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the children with us
     children = [
         subprocess.Popen(
             [
@@ -110,6 +111,7 @@ def _run_local_cluster(processes: int, workers: int, recovery_dir: Path) -> int:
         codes = [child.wait() for child in children]
     except KeyboardInterrupt:
         for child in children:
-            child.send_signal(signal.SIGTERM)
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
         codes = [child.wait() for child in children]
     return max(codes)

@@ -296,3 +296,28 @@ def test_backfill_shard_has_its_own_watermark(
     )
     assert rows
     assert not [d for d in dead_letters(redis_client, psettings) if d.get("name") == "old_metric"]
+
+
+def test_two_shards_on_a_two_process_cluster_equal_the_ground_truth(
+    psettings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    settings = dataclasses.replace(psettings, stream_shards=2)
+    work = wl.generate(6000, seed=21, span_s=600)
+    shards: list[list[tuple[str, dict[str, str]]]] = [[], []]
+    for entry in work.entries:  # a tenant's events stay on one shard, as the SDK does it
+        shards[int(entry[1].get("tenant", "tenant-0")[-1]) % 2].append(entry)
+    expected: dict[tuple[wl.SeriesKey, int, int], wl.Truth] = {}
+    for stream, entries in zip(settings.streams.metrics, shards, strict=True):
+        wl.push(redis_client, stream, entries)
+        wl.push_clock(redis_client, stream)
+        part = wl.Workload(entries, 0, work.start_ms)
+        expected.update(wl.ground_truth(part, wait=WAIT, lateness=LATENESS)[0])
+    proc = QesmonProcess(
+        ["pipeline", "-p", "2", "--recovery-dir", str(tmp_path / "recovery")],
+        settings_env(settings),
+        tmp_path / "cluster.log",
+    ).start()
+    try:
+        assert wl.compare(expected, settle(settings, len(expected), proc)) == []
+    finally:
+        proc.stop()
