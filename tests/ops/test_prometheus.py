@@ -2,8 +2,9 @@
 real servers started here (own ports, own storage) scraping an exporter and delivering
 alerts by email through the repository's Alertmanager routes.
 
-Needs Debian's ``prometheus`` and ``prometheus-alertmanager`` packages (promtool, prometheus,
-amtool, prometheus-alertmanager): ``scripts/setup.sh --test`` installs them.
+The exporter scraped is the real one (``qesmon api``). Needs Debian's ``prometheus`` and
+``prometheus-alertmanager`` packages (promtool, prometheus, amtool, prometheus-alertmanager):
+``scripts/setup.sh --test`` installs them.
 """
 
 from __future__ import annotations
@@ -12,21 +13,29 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 import yaml
 from aiosmtpd.controller import Controller
-from prometheus_client import CollectorRegistry, Gauge, Histogram
-from prometheus_client.exposition import start_http_server
+from psycopg.types.json import Jsonb
 
+from qesmon import vocabulary as v
+from qesmon.migrate import apply_migrations
+from qesmon.settings import Settings
+from qesmon.sketch import Agg
 from tests.support.faults import free_port
-from tests.support.processes import wait_for
+from tests.support.processes import QesmonProcess, settings_env, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "prometheus"
@@ -149,38 +158,71 @@ class _Mailbox:
         return "250 OK"
 
 
-@pytest.fixture
-def exporter() -> Iterator[int]:
-    """A Prometheus exporter on loopback serving the metrics the rules read.
+@pytest.fixture(scope="module")
+def exporter(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """``qesmon api`` on loopback ports, over a database of its own with one quota at 95%.
 
-    Stand-in until ``qesmon api`` provides the exporter (issue 6): same names and labels.
+    Yields the exporter port. The quota row is what the pipeline writes for a
+    ``quota_utilization`` event (one 10 s window), so the exporter reports
+    ``qes_quota_utilization{tenant_id="t-1",resource="signatures"} 95``.
     """
-    registry = CollectorRegistry()
-    Gauge("qes_error_rate", "errors %", ["service", "endpoint"], registry=registry).labels(
-        "api", "/api/v1/documents"
-    ).set(1.5)
-    Histogram(
-        "qes_request_duration_seconds",
-        "duration",
-        ["service", "endpoint", "method"],
-        registry=registry,
-    ).labels("api", "/api/v1/documents", "GET").observe(0.2)
-    Gauge("qes_quota_utilization", "quota %", ["tenant_id", "resource"], registry=registry).labels(
-        "t-1", "signatures"
-    ).set(95)
-    Gauge("qes_system_cpu_usage_percent", "cpu", ["host"], registry=registry).labels("h").set(12)
-    Gauge("qes_system_memory_usage_percent", "mem", ["host"], registry=registry).labels("h").set(40)
-    Gauge("qes_system_disk_usage_percent", "disk", ["host", "mount"], registry=registry).labels(
-        "h", "/"
-    ).set(50)
-    Gauge("qes_pipeline_heartbeat_age_seconds", "age", registry=registry).set(1)
-    Gauge("qes_pipeline_lag_entries", "lag", registry=registry).set(0)
-    port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    yield port
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    server_url = base_settings.database_url
+    dbname = f"qesmon_prom_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    url = urlunsplit(urlsplit(server_url)._replace(path="/" + dbname))
+    proc = None
+    try:
+        apply_migrations(url)
+        agg = Agg()
+        agg.add(95.0, True, None)
+        bucket = datetime.fromtimestamp((time.time() // 10 - 2) * 10, UTC)
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "INSERT INTO series (name, type, tenant_id, labels) VALUES (%s, 'usage', 't-1', %s)"
+                " RETURNING id",
+                (v.QUOTA_UTILIZATION, Jsonb({"resource": "signatures"})),
+            ).fetchone()
+            assert row is not None
+            conn.execute(
+                "INSERT INTO metric_rollups (bucket, width_s, series_id, count, errors, sum, min,"
+                " max, p50, p95, p99, distinct_users, sketch)"
+                " VALUES (%s, 10, %s, 1, 0, 95, 95, 95, 95, 95, 95, 0, %s)",
+                (bucket, row[0], agg.to_bytes()),
+            )
+        settings = Settings(
+            redis_url=base_settings.redis_url,
+            database_url=url,
+            key_prefix=f"prom{uuid.uuid4().hex[:8]}",
+            api_port=free_port(),
+            prometheus_metrics_port=free_port(),
+        )
+        env = settings_env(
+            settings,
+            API_HOST="127.0.0.1",
+            API_PORT=str(settings.api_port),
+            PROMETHEUS_METRICS_PORT=str(settings.prometheus_metrics_port),
+        )
+        log = tmp_path_factory.mktemp("api") / "api.log"
+        proc = QesmonProcess(["api"], env, log).start()
+        metrics_url = f"http://127.0.0.1:{settings.prometheus_metrics_port}/metrics"
+
+        def quota_exported() -> bool:
+            assert proc is not None and proc.alive(), f"qesmon api exited:\n{proc and proc.log()}"
+            try:
+                with urllib.request.urlopen(metrics_url, timeout=2) as response:
+                    text = response.read().decode()
+            except OSError:
+                return False
+            return 'qes_quota_utilization{resource="signatures",tenant_id="t-1"} 95.0' in text
+
+        wait_for(quota_exported, 30, "qesmon api to export the quota", interval=0.2)
+        yield settings.prometheus_metrics_port
+    finally:
+        if proc is not None:
+            proc.stop()
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
 def _start(args: list[str], log: Path, ready_url: str) -> subprocess.Popen[bytes]:
