@@ -162,6 +162,7 @@ async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings, *, monitor: bool | None = None) -> web.Application:
     """Build the API application; ``monitor`` overrides ``settings.resource_monitor``."""
     from api.exporter import exporter_ctx
+    from api.live import add_live_routes, live_ctx, live_shutdown
     from api.routes import add_routes
 
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
@@ -171,7 +172,10 @@ def create_app(settings: Settings, *, monitor: bool | None = None) -> web.Applic
     app.cleanup_ctx.extend([_pool_ctx, _redis_ctx, _http_ctx, exporter_ctx])
     if settings.resource_monitor if monitor is None else monitor:
         app.cleanup_ctx.append(_monitor_ctx)
+    app.cleanup_ctx.append(live_ctx)
+    app.on_shutdown.append(live_shutdown)
     add_routes(app)
+    add_live_routes(app)
     return app
 
 
