@@ -75,10 +75,20 @@ def windows(events: list[Event], start: float | None = None, width: int = 10) ->
     return [WindowResult(series=s, width_s=width, start=start, agg=a) for s, a in aggs.items()]
 
 
-def http(tenant: str = "", service: str = "signing", *, ok: bool = True, seconds: float = 0.1,
-         endpoint: str = "/sign") -> Event:
-    labels = (("endpoint", endpoint), ("method", "POST"), ("service", service),
-              ("status", "200" if ok else "500"))
+def http(
+    tenant: str = "",
+    service: str = "signing",
+    *,
+    ok: bool = True,
+    seconds: float = 0.1,
+    endpoint: str = "/sign",
+) -> Event:
+    labels = (
+        ("endpoint", endpoint),
+        ("method", "POST"),
+        ("service", service),
+        ("status", "200" if ok else "500"),
+    )
     return Event("http_request", seconds, tenant, labels, ok)
 
 
@@ -91,7 +101,8 @@ class Sse:
 
     async def next(self, timeout: float = 5.0) -> tuple[str, Any]:
         """The next event as (name, decoded data)."""
-        event, data = "message", []
+        event: str = "message"
+        data: list[str] = []
         async with asyncio.timeout(timeout):
             while True:
                 raw = await self.response.content.readline()
@@ -128,8 +139,7 @@ class Sse:
         raise AssertionError(f"no snapshot matched within {timeout} s; last one: {last}")
 
 
-async def open_stream(client: TestClient[Any, Any], key: str | None = None,
-                      **query: str) -> Sse:
+async def open_stream(client: TestClient[Any, Any], key: str | None = None, **query: str) -> Sse:
     headers = auth(key) if key else {}
     response = await client.get("/api/v1/metrics/stream", params=query, headers=headers)
     assert response.status == 200, await response.text()

@@ -55,7 +55,7 @@ async def test_login_sets_a_signed_httponly_cookie_that_opens_the_stream_and_nev
     r = await client.get("/live/session")
     assert (await r.json())["tenant_id"] == "tenant-a"
     sse = await open_stream(client)  # the cookie jar carries the session
-    event, history = await sse.next()
+    event, _ = await sse.next()
     assert event == "history"
     event, snapshot = await sse.next()
     assert event == "snapshot" and snapshot["tenant_id"] == "tenant-a"
@@ -110,9 +110,7 @@ async def test_a_tenant_key_sees_only_its_tenant_and_is_refused_another(
     assert (await r.json())["error"]["code"] == "tenant_forbidden"
     mine = await open_stream(client, keys.tenant_a)
     everyone = await open_stream(client, keys.viewer)
-    publisher.publish(
-        windows([http("tenant-a")] * 3 + [http("tenant-b", ok=False)] * 7)
-    )
+    publisher.publish(windows([http("tenant-a")] * 3 + [http("tenant-b", ok=False)] * 7))
     a = await mine.snapshot_where(lambda s: s["requests"]["count"] > 0)
     assert a["requests"]["count"] == 3 and a["requests"]["error_pct"] == 0.0
     assert a["tenants"] == ["tenant-a"]
@@ -153,8 +151,9 @@ async def test_unknown_query_parameters_are_rejected_by_name(
 # -- alerts ----------------------------------------------------------------------------------
 
 
-def _transition(to: AlertState, tenant: str = "tenant-a", service: str = "signing",
-                fingerprint: str = "fp-1") -> AlertTransition:
+def _transition(
+    to: AlertState, tenant: str = "tenant-a", service: str = "signing", fingerprint: str = "fp-1"
+) -> AlertTransition:
     return AlertTransition(
         fingerprint=fingerprint,
         rule_id="high_error_rate",
@@ -200,7 +199,7 @@ async def test_open_alerts_in_the_table_are_shown_and_a_manual_resolve_clears_th
         "INSERT INTO alerts (fingerprint, rule_id, rule_name, severity, state, tenant_id, "
         "labels, annotations, value, started_at, fired_at) VALUES ('fp-db', 'slow', "
         "'Slow responses', 'warning', 'firing', 'tenant-a', '{\"service\": \"signing\"}', "
-        "'{\"summary\": \"p95 at 3 s\"}', 3.0, now(), now())"
+        '\'{"summary": "p95 at 3 s"}\', 3.0, now(), now())'
     )
     sse = await open_stream(client, keys.viewer)
     s = await sse.snapshot_where(lambda s: s["active_alerts"] == 1)
@@ -222,18 +221,41 @@ async def test_revenue_today_is_closed_rollups_plus_live_windows_per_currency(
     load_events(
         settings,
         [
-            Ev("subscription_payment", "revenue", closed_ts, 29.0, "tenant-a",
-               labels={"currency": "EUR", "plan": "pro", "kind": "new"}),
-            Ev("subscription_payment", "revenue", closed_ts, 10.0, "tenant-b",
-               labels={"currency": "USD", "plan": "pro", "kind": "new"}),
-            Ev("subscription_payment", "revenue", yesterday, 1000.0, "tenant-a",
-               labels={"currency": "EUR", "plan": "pro", "kind": "new"}),
+            Ev(
+                "subscription_payment",
+                "revenue",
+                closed_ts,
+                29.0,
+                "tenant-a",
+                labels={"currency": "EUR", "plan": "pro", "kind": "new"},
+            ),
+            Ev(
+                "subscription_payment",
+                "revenue",
+                closed_ts,
+                10.0,
+                "tenant-b",
+                labels={"currency": "USD", "plan": "pro", "kind": "new"},
+            ),
+            Ev(
+                "subscription_payment",
+                "revenue",
+                yesterday,
+                1000.0,
+                "tenant-a",
+                labels={"currency": "EUR", "plan": "pro", "kind": "new"},
+            ),
         ],
     )
     sse = await open_stream(client, keys.viewer)
     mine = await open_stream(client, keys.tenant_a)
-    pay = Event("subscription_payment", 9.0, "tenant-a",
-                (("currency", "EUR"), ("kind", "recurring"), ("plan", "basic")), type="revenue")
+    pay = Event(
+        "subscription_payment",
+        9.0,
+        "tenant-a",
+        (("currency", "EUR"), ("kind", "recurring"), ("plan", "basic")),
+        type="revenue",
+    )
     publisher.publish(windows([pay, pay]))
     expected_eur = 29.0 + 18.0 if closed_ts < now - 60 else 18.0
     s = await sse.snapshot_where(lambda s: s["revenue_today"].get("EUR") == expected_eur)
@@ -247,7 +269,10 @@ async def test_revenue_today_is_closed_rollups_plus_live_windows_per_currency(
 
 
 async def test_all_subscribers_share_one_redis_subscription(
-    client: TestClient[Any, Any], keys: Keys, settings: Settings, redis_client: redis.Redis,
+    client: TestClient[Any, Any],
+    keys: Keys,
+    settings: Settings,
+    redis_client: redis.Redis,
     publisher: LivePublisher,
 ) -> None:
     streams = [await open_stream(client, keys.viewer, service=f"s{i % 2}") for i in range(5)]
@@ -256,7 +281,9 @@ async def test_all_subscribers_share_one_redis_subscription(
     publisher.publish(windows([http(service="s1")]))
     for i, sse in enumerate(streams):
         expected = 1 if i % 2 else 0
-        await sse.snapshot_where(lambda s, n=expected: s["services"] and s["requests"]["count"] == n)
+        await sse.snapshot_where(
+            lambda s, n=expected: bool(s["services"]) and s["requests"]["count"] == n
+        )
     assert len(client.app[LIVE_HUB].subscribers) == 5
 
 
@@ -313,9 +340,7 @@ async def test_a_heartbeat_comes_when_there_is_nothing_to_send(
     assert sse.comments.count(": heartbeat") >= 2
 
 
-async def test_shutdown_ends_open_streams_at_once(
-    client: TestClient[Any, Any], keys: Keys
-) -> None:
+async def test_shutdown_ends_open_streams_at_once(client: TestClient[Any, Any], keys: Keys) -> None:
     sse = await open_stream(client, keys.viewer)
     await sse.next()
     started = time.monotonic()
