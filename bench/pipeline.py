@@ -6,7 +6,7 @@ Pushes M events (default 2,000,000) into a throw-away stream, then, on the same 
 1. a bare loop that only reads the stream (XREAD COUNT 1000) and parses every entry with the
    contract parser: the ceiling of one Python process;
 2. the real dataflow (one process, recovery on, 5 s snapshots) from first read to last
-   rollup committed, with peak RSS at 1/4 and at the end of the run;
+   rollup committed, with RSS after 1M events (or 1/4 of them) and at the end;
 then a live phase: events stamped now at a steady rate for 20 s, measuring the window-close
 delay (window end + wait -> row committed) of every 10 s window.
 """
@@ -63,9 +63,9 @@ class BenchStats(PipelineStats):
             self.last_write = now
         elif name == "events_total":
             done = self.totals["events_total"]
-            mark = "quarter" if done >= self.total / 4 and "quarter" not in self.rss else None
-            if mark:
-                self.rss[mark] = psutil.Process().memory_info().rss / 2**20
+            if done >= min(1_000_000, self.total / 4) and "early" not in self.rss:
+                self.rss["early"] = psutil.Process().memory_info().rss / 2**20
+                self.rss["early_events"] = done
 
 
 def machine() -> str:
@@ -133,13 +133,13 @@ def push(client: redis.Redis, stream: str, entries: list[dict[str, bytes | str]]
     return len(entries)
 
 
-def bare_loop(redis_url: str, stream: str) -> tuple[float, int]:
+def bare_loop(redis_url: str, stream: str, count: int) -> tuple[float, int]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     last = "0-0"
     events = 0
     started = time.perf_counter()
     while True:
-        reply = client.xread({stream: last}, count=1000)
+        reply = client.xread({stream: last}, count=count)
         if not reply:
             break
         entries = reply[0][1]
@@ -237,21 +237,24 @@ def main() -> None:
         )
         clock = client.xadd(stream, {"name": "bench_clock", "value": "1"})
         stop_at = clock.decode() if isinstance(clock, bytes) else str(clock)
-        bare_rate, bare_events = bare_loop(settings.redis_url, stream)
-        print(f"bare loop (XREAD + parse): {bare_rate:,.0f} events/s over {bare_events:,} events")
         rss_before = psutil.Process().memory_info().rss / 2**20
         stats = run_pipeline(settings, stop_at, args.events)
         assert stats.first_read is not None
         elapsed = stats.last_write - stats.first_read
         rate = args.events / elapsed
         rss_end = psutil.Process().memory_info().rss / 2**20
+        # the same entries per read as the pipeline's source takes
+        count = max(1, 20_000 // args.batch) if args.batch else 1000
+        bare_rate, bare_events = bare_loop(settings.redis_url, stream, count)
+        print(f"bare loop (XREAD + parse): {bare_rate:,.0f} events/s over {bare_events:,} events")
         print(
             f"pipeline: {rate:,.0f} events/s ({elapsed:.2f} s from first read to last "
             f"rollup committed); ratio pipeline / bare loop = {rate / bare_rate:.2f}"
         )
         print(
-            f"RSS: {rss_before:.0f} MiB before, {stats.rss.get('quarter', 0):.0f} MiB at "
-            f"1/4 of the events, {rss_end:.0f} MiB at the end"
+            f"RSS: {rss_before:.0f} MiB before, {stats.rss.get('early', 0):.0f} MiB after "
+            f"{stats.rss.get('early_events', 0):,.0f} events, {rss_end:.0f} MiB after "
+            f"{args.events:,} events"
         )
         with psycopg.connect(url) as conn:
             rows = conn.execute(

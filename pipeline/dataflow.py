@@ -116,7 +116,6 @@ class WindowLogic(StatefulLogic[ParsedBatch, WindowOutput, bytes]):
             )
         stats = self.stats
         if stats is not None:
-            stats.incr("entries_total", value.entries)
             stats.incr("events_total", len(value.events) - len(late))
             if dead:
                 stats.incr("dead_letters_total", len(dead))

@@ -158,6 +158,8 @@ class StreamPartition(StatefulSourcePartition[tuple[str, ReadBatch], SourceState
             return [(self.stream, ReadBatch(self.stream, [], now, True))]
         self.last_id = entries[-1][0]
         self.entries_read += len(entries)
+        if self.stats is not None:
+            self.stats.incr("entries_total", len(entries))
         return [(self.stream, ReadBatch(self.stream, entries, now, caught_up))]
 
     def _adapt_count(self, entries: list[Entry]) -> None:

@@ -62,6 +62,8 @@ _EMPTY: tuple[tuple[str, str], ...] = ()
 _CACHE_LIMIT = 50_000
 _good_names: set[str] = set()
 _good_labels: dict[str, tuple[tuple[str, str], ...]] = {}
+_good_label_items: dict[tuple[Any, ...], tuple[tuple[str, str], ...]] = {}
+_good_ids: set[str] = set()
 
 
 @dataclass(slots=True)
@@ -169,6 +171,20 @@ def _parse_labels(raw: object) -> tuple[tuple[str, str], ...]:
             _good_labels.clear()
         _good_labels[raw] = labels
         return labels
+    if type(raw) is dict:
+        # batched events carry labels as objects: remember them by their items
+        try:
+            key = tuple(raw.items())
+            cached = _good_label_items.get(key)
+        except TypeError:  # an unhashable value: let the full check say what is wrong
+            return _check_labels(raw)
+        if cached is not None:
+            return cached
+        labels = _check_labels(raw)
+        if len(_good_label_items) >= _CACHE_LIMIT:
+            _good_label_items.clear()
+        _good_label_items[key] = labels
+        return labels
     return _check_labels(raw)
 
 
@@ -202,6 +218,8 @@ def _check_labels(obj: object) -> tuple[tuple[str, str], ...]:
 def _parse_id(field: str, raw: object) -> str | None:
     if raw is None or raw == "":
         return None
+    if type(raw) is str and raw in _good_ids:
+        return raw
     if isinstance(raw, int) and not isinstance(raw, bool):
         raw = str(raw)
     if not isinstance(raw, str):
@@ -210,6 +228,9 @@ def _parse_id(field: str, raw: object) -> str | None:
         raise _Invalid(f"{field}: longer than {MAX_ID} chars")
     if not raw.isprintable():
         raise _Invalid(f"{field}: contains control characters")
+    if len(_good_ids) >= _CACHE_LIMIT:
+        _good_ids.clear()
+    _good_ids.add(raw)
     return raw
 
 
