@@ -63,7 +63,10 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     stats = PipelineStats()
     stats.start_publishing(settings.redis_url, settings.streams.key("health", "pipeline"))
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    flow = build_flow(settings, stats=stats, trim_after=3 * settings.snapshot_interval + 30)
+    trim_after = settings.stream_trim_after
+    if trim_after is None:
+        trim_after = 3 * settings.snapshot_interval + 30.0
+    flow = build_flow(settings, stats=stats, trim_after=trim_after)
     log.info(
         "pipeline reading %s, recovery in %s", ", ".join(settings.streams.metrics), recovery_dir
     )

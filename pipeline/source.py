@@ -178,10 +178,15 @@ class StreamPartition(StatefulSourcePartition[tuple[str, ReadBatch], SourceState
         return (self.last_id, self.entries_read)
 
     def _trim(self, now: float) -> None:
+        # A position may go once it is `trim_after` seconds old AND three snapshots have been
+        # taken since: Bytewax's input runs at most one epoch ahead of the outputs, so by then
+        # the epoch that recorded it is complete and a restart resumes at or after it. While
+        # the outputs stall (database down), no snapshots are taken and nothing is trimmed.
         assert self.trim_after is not None
         safe: str | None = None
-        while self._positions and now - self._positions[0][0] >= self.trim_after:
-            safe = self._positions.popleft()[1]
+        positions = self._positions
+        while len(positions) > 3 and now - positions[0][0] >= self.trim_after:
+            safe = positions.popleft()[1]
         if safe is None or safe == "0-0":
             return
         self._last_trim = now

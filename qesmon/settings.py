@@ -94,6 +94,9 @@ class Settings:
     allowed_lateness: float = 30.0
     recovery_dir: Path = Path("var/recovery")
     snapshot_interval: int = 5
+    #: consumed stream entries are trimmed once a snapshot this old covers them
+    #: (None: 3 snapshot intervals + 30 s)
+    stream_trim_after: float | None = None
     slow_request_threshold: float = 1.0
     resource_monitoring_interval: float = 30.0
     resource_monitor: bool = True
@@ -245,6 +248,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "allowed_lateness": ("ALLOWED_LATENESS_SECONDS", _pos_float),
     "recovery_dir": ("RECOVERY_DIR", Path),
     "snapshot_interval": ("SNAPSHOT_INTERVAL_SECONDS", int),
+    "stream_trim_after": ("STREAM_TRIM_AFTER_SECONDS", _pos_float),
     "slow_request_threshold": ("SLOW_REQUEST_THRESHOLD", _pos_float),
     "resource_monitoring_interval": ("RESOURCE_MONITORING_INTERVAL", _pos_float),
     "resource_monitor": ("RESOURCE_MONITOR", _bool),

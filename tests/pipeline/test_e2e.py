@@ -112,7 +112,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(
     wl.push_clock(redis_client, stream)
     expected, _ = wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
     rng = random.Random(42)
-    proc = pipeline(psettings, tmp_path)
+    # trimming as eagerly as it allows: killed runs must never need a trimmed entry
+    proc = pipeline(psettings, tmp_path, STREAM_TRIM_AFTER_SECONDS="1")
     progress = []
     for _ in range(6):
         proc.start()
@@ -319,5 +320,32 @@ def test_two_shards_on_a_two_process_cluster_equal_the_ground_truth(
     ).start()
     try:
         assert wl.compare(expected, settle(settings, len(expected), proc)) == []
+    finally:
+        proc.stop()
+
+
+def test_consumed_entries_are_trimmed_and_a_crash_after_trimming_loses_nothing(
+    psettings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    work = wl.generate(4000, seed=4, span_s=600)
+    stream = psettings.streams.metrics[0]
+    wl.push(redis_client, stream, work.entries)
+    wl.push_clock(redis_client, stream)
+    expected, _ = wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
+    proc = pipeline(psettings, tmp_path, STREAM_TRIM_AFTER_SECONDS="1").start()
+    try:
+        settle(psettings, len(expected), proc)
+        wait_for(
+            lambda: redis_client.xlen(stream) < len(work.entries) // 2,
+            15,
+            "the consumed entries to be trimmed",
+        )
+        proc.kill()  # the trimmed entries must not be needed by the restart
+        with psycopg.connect(psettings.database_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM metric_rollups")  # so the restart must rebuild nothing
+        proc.start()
+        time.sleep(3)
+        assert proc.alive(), proc.log()
+        assert wl.fetch_rollups(psettings.database_url) == {}  # nothing re-read and rewritten
     finally:
         proc.stop()
