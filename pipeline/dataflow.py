@@ -116,6 +116,7 @@ class WindowLogic(StatefulLogic[ParsedBatch, WindowOutput, bytes]):
             )
         stats = self.stats
         if stats is not None:
+            stats.set_gauge("heartbeat", time.time())
             stats.incr("events_total", len(value.events) - len(late))
             if dead:
                 stats.incr("dead_letters_total", len(dead))

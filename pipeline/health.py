@@ -1,7 +1,9 @@
 """The pipeline's own health: counters kept in-process, published to Redis every second.
 
 The API's exporter (:8001) and health endpoint read the hash ``<prefix>:health:pipeline``, so
-any number of pipeline and API processes agree. Counters are published as increments
+any number of pipeline and API processes agree. ``heartbeat`` is the last time the dataflow
+itself made progress (the window step runs at least every poll interval, idle or not), so a
+pipeline stuck behind a blocked sink shows a stale heartbeat even though this thread runs. Counters are published as increments
 (``HINCRBYFLOAT``), so several pipeline processes add up; gauges are overwritten.
 """
 
@@ -90,7 +92,8 @@ class PipelineStats:
             pipe.hincrbyfloat(key, name, amount)
         if lags:
             pipe.hset(f"{key}:lag", mapping={k: v for k, v in lags.items()})
-        gauges["heartbeat"] = time.time()
+        if "heartbeat" not in gauges:  # nothing processed yet: the process itself is alive
+            gauges["heartbeat"] = time.time()
         pipe.hset(key, mapping={k: repr(v) for k, v in gauges.items()})
         pipe.execute()
         if lags:
