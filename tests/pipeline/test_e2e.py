@@ -134,8 +134,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(
 def test_database_outage_delays_but_loses_nothing(
     psettings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    host, port = "127.0.0.1", psycopg.conninfo.conninfo_to_dict(psettings.database_url)["port"]
-    proxy = TcpProxy(host, int(str(port))).start()
+    proxy = TcpProxy.for_url(psettings.database_url, 5432).start()
     proc = pipeline(psettings, tmp_path, DATABASE_URL=proxy.url_for(psettings.database_url))
     proc.start()
     try:
@@ -155,7 +154,7 @@ def test_database_outage_delays_but_loses_nothing(
         assert "retrying" in proc.log()
     finally:
         proc.stop()
-        proxy.cut()
+        proxy.close()
 
 
 def test_redis_restart_loses_nothing(psettings: Settings, tmp_path: Path) -> None:

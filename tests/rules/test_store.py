@@ -7,7 +7,6 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -17,7 +16,7 @@ from qesmon.alerts import AlertState, AlertTransition, Severity
 from qesmon.errors import RuleError
 from qesmon.settings import Settings
 from rules.store import AlertStore
-from tests.rules.proxy import TcpProxy
+from tests.support.faults import TcpProxy
 
 T0 = 1_800_000_000.0
 Db = psycopg.Connection[tuple[object, ...]]
@@ -144,17 +143,6 @@ def test_a_pending_that_clears_closes_unfired_and_the_next_one_opens_a_new_episo
     ]
 
 
-def _via_proxy(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit(":", 1)[0] if parts.port else parts.netloc
-    return urlunsplit(parts._replace(netloc=f"{netloc}:{port}"))
-
-
-def _target(url: str, default_port: int) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return (parts.hostname or "127.0.0.1", parts.port or default_port)
-
-
 def _wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -169,9 +157,9 @@ def _retries(caplog: pytest.LogCaptureFixture, what: str) -> int:
 def test_database_down_blocks_with_retries_and_loses_nothing(
     settings: Settings, db: Db, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with TcpProxy(_target(settings.database_url, 5432)) as proxy:
+    with TcpProxy.for_url(settings.database_url, 5432) as proxy:
         cut_settings = dataclasses.replace(
-            settings, database_url=_via_proxy(settings.database_url, proxy.port)
+            settings, database_url=proxy.url_for(settings.database_url)
         )
         store = AlertStore(cut_settings, max_backoff=0.2)
         try:
@@ -197,10 +185,8 @@ def test_database_down_blocks_with_retries_and_loses_nothing(
 def test_redis_down_blocks_with_retries_and_loses_nothing(
     settings: Settings, db: Db, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with TcpProxy(_target(settings.redis_url, 6379)) as proxy:
-        cut_settings = dataclasses.replace(
-            settings, redis_url=_via_proxy(settings.redis_url, proxy.port)
-        )
+    with TcpProxy.for_url(settings.redis_url, 6379) as proxy:
+        cut_settings = dataclasses.replace(settings, redis_url=proxy.url_for(settings.redis_url))
         store = AlertStore(cut_settings, max_backoff=0.2)
         try:
             store.record(EPISODE[:1])

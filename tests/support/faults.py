@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import selectors
 import shutil
 import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 
 def free_port() -> int:
@@ -19,28 +19,95 @@ def free_port() -> int:
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a server; ``cut()`` makes the server unreachable.
+    """Forwards ``127.0.0.1:<port>`` to a server; :meth:`cut` makes the server unreachable.
 
-    Cutting closes every open connection and refuses new ones, which is what a client sees
-    when its database host goes down; ``restore()`` brings it back.
+    Cutting closes every open connection (both directions) and refuses new ones, which is what
+    a client sees when its server's host goes down; :meth:`restore` listens again on the same
+    port::
+
+        with TcpProxy.for_url(settings.database_url, 5432) as proxy:
+            url = proxy.url_for(settings.database_url)
+            proxy.cut(); ...; proxy.restore()
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
-        self.port = free_port()
-        self._listener: socket.socket | None = None
-        self._conns: list[socket.socket] = []
+        self.port = 0  # chosen by the first listen, kept by every restore
         self._lock = threading.Lock()
-        self._running = False
+        self._sockets: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def for_url(cls, url: str, default_port: int) -> TcpProxy:
+        """A proxy to the server that ``url`` names (``default_port`` if it names none)."""
+        parts = urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or default_port)
+
+    def url_for(self, url: str) -> str:
+        """``url`` with host and port replaced by this proxy's."""
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)
+        host = f"127.0.0.1:{self.port}"
+        return urlunsplit(
+            parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host)
+        )
 
     def start(self) -> TcpProxy:
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._running = True
-        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+        """Listen (again, on the same port once one was chosen); a no-op while listening."""
+        if self._listener is not None:
+            return self
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                listener.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        listener.listen(16)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        thread.start()
+        self._threads.append(thread)
         return self
 
+    def restore(self) -> None:
+        """Bring the server back: accept connections on the same port again."""
+        self.start()
+
+    def cut(self) -> None:
+        """Close the listening socket and every open connection (both directions)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.cut()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> TcpProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _accept(self, listener: socket.socket) -> None:
-        while self._running:
+        while True:
             try:
                 client, _ = listener.accept()
             except OSError:
@@ -50,62 +117,28 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)
             with self._lock:
-                self._conns += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+                if self._listener is not listener:  # cut meanwhile
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                thread = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
+                thread.start()
+                self._threads.append(thread)
 
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(a, selectors.EVENT_READ, b)
-        sel.register(b, selectors.EVENT_READ, a)
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
-            while True:
-                for key, _ in sel.select(timeout=0.5):
-                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
-                    if not data:
-                        return
-                    key.data.sendall(data)
+            while data := src.recv(65536):
+                dst.sendall(data)
         except OSError:
-            return
+            pass
         finally:
-            for s in (a, b):
+            for sock in (src, dst):
                 with contextlib.suppress(OSError):
-                    s.close()
-
-    def cut(self) -> None:
-        self._running = False
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for s in conns:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                s.close()
-
-    def restore(self) -> None:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                self.start()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def url_for(self, url: str) -> str:
-        """``url`` with host and port replaced by this proxy's."""
-        from urllib.parse import urlsplit, urlunsplit
-
-        parts = urlsplit(url)
-        netloc = parts.netloc.rsplit("@", 1)
-        host = f"127.0.0.1:{self.port}"
-        return urlunsplit(
-            parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host)
-        )
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 class PrivateRedis:
