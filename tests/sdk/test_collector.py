@@ -18,8 +18,9 @@ from qesmon.errors import ContractError
 from qesmon.sdk import MetricsCollector, MetricType, SyncMetricsCollector
 from qesmon.sdk.collector import WRITE_ROUND
 from qesmon.settings import Settings, StreamKeys
+from tests.support.faults import PrivateRedis, free_port
 
-from .conftest import PrivateRedis, free_port, stream_events, wait_until
+from .conftest import stream_events, wait_until
 
 
 def stream(settings: Settings) -> str:

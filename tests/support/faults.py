@@ -142,10 +142,15 @@ class TcpProxy:
 
 
 class PrivateRedis:
-    """A redis-server of the test's own, with AOF, that can be stopped and started again."""
+    """A redis-server of the test's own on a spare loopback port, to stop and start at will.
 
-    def __init__(self, directory: Path) -> None:
+    ``persistent`` (the default) keeps an append-only file synced on every write, so a restart
+    finds the data again; ``persistent=False`` starts an empty server every time.
+    """
+
+    def __init__(self, directory: Path, *, persistent: bool = True) -> None:
         self.dir = directory
+        self.persistent = persistent
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -154,24 +159,15 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> PrivateRedis:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on PATH (scripts/setup.sh installs it)")
         self.dir.mkdir(parents=True, exist_ok=True)
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"]
         self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ],
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
+            + (persistence if self.persistent else ["--appendonly", "no"])
+            + ["--save", ""],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -185,10 +181,12 @@ class PrivateRedis:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("private redis-server did not start")
-            time.sleep(0.05)
+                raise RuntimeError(f"private redis-server did not start on port {self.port}")
+            time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
             self.proc.wait(timeout=10)
+            self.proc = None
