@@ -19,7 +19,8 @@ import redis
 
 from qesmon.settings import Settings
 from tests.pipeline import workload as wl
-from tests.support.faults import PrivateRedis, TcpProxy
+from tests.support.faults import PrivateRedis
+from tests.support.postgres import PrivatePostgres
 from tests.support.processes import QesmonProcess, settings_env, wait_for
 
 WAIT = 2.0
@@ -131,30 +132,31 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(
         proc.stop()
 
 
-def test_database_outage_delays_but_loses_nothing(
+def test_database_stopped_for_a_while_delays_but_loses_nothing(
     psettings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    proxy = TcpProxy.for_url(psettings.database_url, 5432).start()
-    proc = pipeline(psettings, tmp_path, DATABASE_URL=proxy.url_for(psettings.database_url))
+    server = PrivatePostgres().init()  # a TimescaleDB of this test's own, to stop for real
+    settings = dataclasses.replace(psettings, database_url=server.url)
+    proc = pipeline(settings, tmp_path)
     proc.start()
     try:
         work = wl.generate(8000, seed=8, span_s=600)
-        stream = psettings.streams.metrics[0]
+        stream = settings.streams.metrics[0]
         half = len(work.entries) // 2
         wl.push(redis_client, stream, work.entries[:half])
-        time.sleep(2.5)  # some rollups are written, then the database goes away
-        proxy.cut()
+        wait_for(lambda: wl.fetch_rollups(settings.database_url), 20, "the first rollups")
+        server.stop()
         wl.push(redis_client, stream, work.entries[half:])
         wl.push_clock(redis_client, stream)
         time.sleep(4)
         assert proc.alive(), proc.log()  # waiting, not crash-looping
-        proxy.restore()
+        server.start()
         expected, _ = wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
-        assert wl.compare(expected, settle(psettings, len(expected), proc)) == []
+        assert wl.compare(expected, settle(settings, len(expected), proc)) == []
         assert "retrying" in proc.log()
     finally:
         proc.stop()
-        proxy.close()
+        server.destroy()
 
 
 def test_redis_restart_loses_nothing(psettings: Settings, tmp_path: Path) -> None:
