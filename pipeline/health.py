@@ -3,8 +3,9 @@
 The API's exporter (:8001) and health endpoint read the hash ``<prefix>:health:pipeline``, so
 any number of pipeline and API processes agree. ``heartbeat`` is the last time the dataflow
 itself made progress (the window step runs at least every poll interval, idle or not), so a
-pipeline stuck behind a blocked sink shows a stale heartbeat even though this thread runs. Counters are published as increments
-(``HINCRBYFLOAT``), so several pipeline processes add up; gauges are overwritten.
+pipeline stuck behind a blocked sink shows a stale heartbeat even though this thread runs.
+Counters are published as increments (``HINCRBYFLOAT``), so several pipeline processes add up;
+gauges are overwritten.
 """
 
 from __future__ import annotations
