@@ -40,9 +40,8 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Protocol
 
 import orjson
@@ -51,14 +50,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
 
-from qesmon.contract import MAX_BATCH, MetricType, encode_event
-from qesmon.sdk.events import (
-    Id,
-    Timestamp,
-    business_event,
-    metric_event,
-    performance_event,
-)
+from qesmon.contract import MAX_BATCH, encode_event
+from qesmon.sdk.events import business_event, metric_event, performance_event, records
 from qesmon.settings import StreamKeys
 
 __all__ = ["WRITE_ROUND", "CollectorStats", "EventSink", "MetricsCollector"]
@@ -277,55 +270,32 @@ class MetricsCollector:
 
     # -- the caller's side -------------------------------------------------------------
 
-    async def record_metric(
-        self,
-        metric_type: MetricType | str,
-        name: str,
-        value: float,
-        labels: Mapping[str, str] | None = None,
-        tenant_id: Id | None = None,
-        user_id: Id | None = None,
-        timestamp: Timestamp | None = None,
-        success: bool = True,
-    ) -> None:
-        """Record one event of any type; ``timestamp`` defaults to now."""
-        self._autostart()
-        self.submit(
-            metric_event(
-                metric_type,
-                name,
-                value,
-                labels,
-                tenant_id=tenant_id,
-                user_id=user_id,
-                timestamp=timestamp,
-                success=success,
-            )
-        )
+    @records(metric_event)
+    async def record_metric(self, event: dict[str, Any]) -> None:
+        """Record one event of any type; ``timestamp`` defaults to now.
 
-    async def record_business_event(
-        self,
-        event_type: str,
-        tenant_id: Id | None,
-        value: float = 1.0,
-        metadata: Mapping[str, object] | None = None,
-        user_id: Id | None = None,
-    ) -> None:
-        """Record a ``business_event`` (``user_signup``, ...); metadata becomes labels."""
+        Parameters: those of :func:`~qesmon.sdk.events.metric_event`.
+        """
         self._autostart()
-        self.submit(business_event(event_type, tenant_id, value, metadata, user_id))
+        self.submit(event)
 
-    async def record_performance_metric(
-        self,
-        operation: str,
-        duration: float,
-        success: bool = True,
-        metadata: Mapping[str, object] | None = None,
-        tenant_id: Id | None = None,
-    ) -> None:
-        """Record how long ``operation`` took (seconds); metadata becomes labels."""
+    @records(business_event)
+    async def record_business_event(self, event: dict[str, Any]) -> None:
+        """Record a ``business_event`` (``user_signup``, ...); metadata becomes labels.
+
+        Parameters: those of :func:`~qesmon.sdk.events.business_event`.
+        """
         self._autostart()
-        self.submit(performance_event(operation, duration, success, metadata, tenant_id))
+        self.submit(event)
+
+    @records(performance_event)
+    async def record_performance_metric(self, event: dict[str, Any]) -> None:
+        """Record how long ``operation`` took (seconds); metadata becomes labels.
+
+        Parameters: those of :func:`~qesmon.sdk.events.performance_event`.
+        """
+        self._autostart()
+        self.submit(event)
 
     def submit(self, event: dict[str, Any]) -> None:
         """Buffer one event object that is already validated (see :mod:`qesmon.sdk.events`).
@@ -438,12 +408,7 @@ class MetricsCollector:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     # -- the flusher ---------------------------------------------------------------------

@@ -14,11 +14,13 @@ Redis), so events buffered during an outage still land in the right windows.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import orjson
 
@@ -34,6 +36,7 @@ __all__ = [
     "labels_from",
     "metric_event",
     "performance_event",
+    "records",
     "validate",
 ]
 
@@ -41,6 +44,10 @@ __all__ = [
 Id = str | int | uuid.UUID
 #: Unix seconds or an aware datetime
 Timestamp = float | int | datetime
+
+P = ParamSpec("P")
+S = TypeVar("S")
+R = TypeVar("R")
 
 
 def validate(event: dict[str, Any], now: float | None = None) -> dict[str, Any]:
@@ -124,7 +131,6 @@ def metric_event(
     name: str,
     value: float,
     labels: Mapping[str, str] | None = None,
-    *,
     tenant_id: Id | None = None,
     user_id: Id | None = None,
     timestamp: Timestamp | None = None,
@@ -204,3 +210,41 @@ def http_request_event(
         {"endpoint": endpoint, "method": method, "status": str(status), "service": service},
         tenant_id,
     )
+
+
+def records(
+    build: Callable[P, dict[str, Any]],
+) -> Callable[[Callable[[S, dict[str, Any]], R]], Callable[Concatenate[S, P], R]]:
+    """Make ``method(self, event)`` a ``record_*`` method that takes ``build``'s parameters.
+
+    Both collectors' ``record_*`` are "build and validate this event, then buffer it"; their
+    parameters are written once, on the builder here, and mypy checks every call against it::
+
+        @records(business_event)
+        async def record_business_event(self, event: dict[str, Any]) -> None: ...
+
+    A coroutine method stays a coroutine function (the event is built when it runs).
+    """
+
+    def decorate(method: Callable[[S, dict[str, Any]], R]) -> Callable[Concatenate[S, P], R]:
+        if inspect.iscoroutinefunction(method):
+
+            async def record_async(self: S, /, *args: P.args, **kwargs: P.kwargs) -> object:
+                return await cast(Awaitable[object], method(self, build(*args, **kwargs)))
+
+            record = cast(Callable[Concatenate[S, P], R], record_async)
+        else:
+
+            def record(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+                return method(self, build(*args, **kwargs))
+
+        functools.update_wrapper(record, method)
+        params = inspect.signature(build).parameters.values()
+        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+        # what help() and inspect show: build's parameters, not (self, event)
+        record.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [self_param, *params], return_annotation=inspect.signature(method).return_annotation
+        )
+        return record
+
+    return decorate

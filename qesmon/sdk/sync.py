@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
-from qesmon.contract import MetricType
 from qesmon.sdk.collector import CollectorStats, MetricsCollector
-from qesmon.sdk.events import Id, Timestamp, business_event, metric_event, performance_event
+from qesmon.sdk.events import business_event, metric_event, performance_event, records
 
 __all__ = ["SyncMetricsCollector"]
 
@@ -39,52 +36,20 @@ class SyncMetricsCollector:
         self._close_timeout: float | None = None
         self._closed = False
 
-    def record_metric(
-        self,
-        metric_type: MetricType | str,
-        name: str,
-        value: float,
-        labels: Mapping[str, str] | None = None,
-        tenant_id: Id | None = None,
-        user_id: Id | None = None,
-        timestamp: Timestamp | None = None,
-        success: bool = True,
-    ) -> None:
+    @records(metric_event)
+    def record_metric(self, event: dict[str, Any]) -> None:
         """See :meth:`MetricsCollector.record_metric`."""
-        self.submit(
-            metric_event(
-                metric_type,
-                name,
-                value,
-                labels,
-                tenant_id=tenant_id,
-                user_id=user_id,
-                timestamp=timestamp,
-                success=success,
-            )
-        )
+        self.submit(event)
 
-    def record_business_event(
-        self,
-        event_type: str,
-        tenant_id: Id | None,
-        value: float = 1.0,
-        metadata: Mapping[str, object] | None = None,
-        user_id: Id | None = None,
-    ) -> None:
+    @records(business_event)
+    def record_business_event(self, event: dict[str, Any]) -> None:
         """See :meth:`MetricsCollector.record_business_event`."""
-        self.submit(business_event(event_type, tenant_id, value, metadata, user_id))
+        self.submit(event)
 
-    def record_performance_metric(
-        self,
-        operation: str,
-        duration: float,
-        success: bool = True,
-        metadata: Mapping[str, object] | None = None,
-        tenant_id: Id | None = None,
-    ) -> None:
+    @records(performance_event)
+    def record_performance_metric(self, event: dict[str, Any]) -> None:
         """See :meth:`MetricsCollector.record_performance_metric`."""
-        self.submit(performance_event(operation, duration, success, metadata, tenant_id))
+        self.submit(event)
 
     def submit(self, event: dict[str, Any]) -> None:
         """Buffer one validated event object (starts the flusher thread if needed)."""
@@ -132,10 +97,5 @@ class SyncMetricsCollector:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
