@@ -66,6 +66,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--tenants", type=int, default=4)
     demo.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until Ctrl-C")
     demo.add_argument("--backfill", default=None, help="write the past period first, e.g. 7d")
+    demo.add_argument(
+        "--backfill-rate",
+        type=float,
+        default=0.05,
+        help="backfill request events per second of history (default 0.05)",
+    )
+    demo.add_argument("--speed", type=float, default=1.0, help="run incidents N times faster")
+    demo.add_argument("--seed", type=int, default=1, help="the same seed gives the same events")
+    demo.add_argument(
+        "--no-receiver", action="store_true", help="no webhook receiver, webhook channel untouched"
+    )
     return parser
 
 
@@ -131,22 +142,30 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:
-    """Migrate, then run every process as a child until Ctrl-C or until one of them dies."""
+    """Migrate, then run every process as a child until Ctrl-C or until one of them dies
+    (the demo may end on its own: the rest keeps running)."""
+    from qesmon import demo
     from qesmon.migrate import apply_migrations
 
     apply_migrations(settings.database_url)
     commands = [["pipeline"], ["notifier"], ["api"]]
-    if not args.no_demo and os.environ.get("QESMON_DEMO", "1") != "0":
-        commands.append(["demo"])
+    env = dict(os.environ)
+    envs: dict[str, dict[str, str]] = {}
+    demo_off = demo.why_no_demo(settings, no_demo=args.no_demo)
+    routing = None
+    if demo_off is None:
+        commands.append(["demo", "--backfill", "7d"])
+        # the notifier reads routing from RULES_DIR only; without any it would tell nobody
+        routing = demo.notifier_rules_dir(settings.rules_dir, Path("var/demo"))
+        if routing is not None:
+            envs["notifier"] = {**env, "RULES_DIR": str(routing)}
+    key = demo.create_session_key(settings)
     children: dict[str, subprocess.Popen[bytes]] = {}
     for command in commands:
-        children[command[0]] = subprocess.Popen([sys.executable, "-m", "qesmon", *command])
-    print(
-        f"qesmon up: API http://{settings.api_host}:{settings.api_port}/api/v1/metrics/health, "
-        f"exporter http://{settings.api_host}:{settings.prometheus_metrics_port}/metrics; "
-        "Ctrl-C stops everything",
-        flush=True,
-    )
+        children[command[0]] = subprocess.Popen(
+            [sys.executable, "-m", "qesmon", *command], env=envs.get(command[0], env)
+        )
+    print(demo.up_banner(settings, key, demo_off, routing), flush=True)
     stopping = False
 
     def _stop(signum: int, frame: object) -> None:
@@ -158,12 +177,17 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     status = 0
     try:
         while not stopping:
-            for name, child in children.items():
+            for name, child in list(children.items()):
                 code = child.poll()
-                if code is not None:
-                    log.error("%s exited with status %s; stopping the rest", name, code)
-                    status = code or 1
-                    stopping = True
+                if code is None:
+                    continue
+                if name == "demo":
+                    log.warning("demo traffic ended with status %s; the rest keeps running", code)
+                    del children[name]
+                    continue
+                log.error("%s exited with status %s; stopping the rest", name, code)
+                status = code or 1
+                stopping = True
             time.sleep(0.2)
     finally:
         for child in children.values():
@@ -175,4 +199,5 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
+        demo.revoke_key(settings, key)
     return status

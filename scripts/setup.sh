@@ -649,12 +649,17 @@ else
 	log "DATABASE_URL is set: using it, not starting PostgreSQL"
 fi
 
-REDIS_URL_OUT=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT/0}
+PRIVATE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+REDIS_URL_OUT=${REDIS_URL:-$PRIVATE_REDIS_URL}
 DATABASE_URL_OUT=${DATABASE_URL:-postgresql://postgres@127.0.0.1:$PG_PORT/$PG_DB}
 {
 	echo "# Written by scripts/setup.sh: source it (. var/env.sh) before running qesmon."
 	printf 'export REDIS_URL=%q\n' "$REDIS_URL_OUT"
 	printf 'export DATABASE_URL=%q\n' "$DATABASE_URL_OUT"
+	if [ "$REDIS_URL_OUT" = "$PRIVATE_REDIS_URL" ]; then
+		echo "# The private Redis above: 'qesmon up' sends demo traffic only to this one."
+		printf 'export QESMON_PRIVATE_REDIS_URL=%q\n' "$PRIVATE_REDIS_URL"
+	fi
 } >"$VAR/env.sh.tmp"
 mv "$VAR/env.sh.tmp" "$VAR/env.sh"
 
