@@ -99,7 +99,8 @@ class AlertTransition:
                 annotations=orjson.loads(text.get("annotations") or "{}"),
                 channels=tuple(c for c in text.get("channels", "").split(",") if c),
                 escalation=text.get("escalation") or None,
-                repeat_interval=float(text["repeat_interval"]) if text.get("repeat_interval")
+                repeat_interval=float(text["repeat_interval"])
+                if text.get("repeat_interval")
                 else None,
                 template=text.get("template") or None,
             )
