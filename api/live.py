@@ -94,6 +94,8 @@ class LiveConfig:
     """Timing and bounds of the live feed (tests shrink them)."""
 
     tick: float = 0.25
+    #: after new windows arrive, wait this long for more before publishing
+    coalesce: float = 0.02
     heartbeat: float = 5.0
     queue_size: int = 32
     #: per-connection kernel send buffer and transport high-water mark (bytes)
@@ -376,6 +378,8 @@ class LiveHub:
         self.dropped_total = 0
         self.ticks = 0
         self._secret: bytes | None = None
+        #: set when the subscription brought new windows (publish without waiting for a tick)
+        self._fresh = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- life cycle ----------------------------------------------------------------------
@@ -462,12 +466,15 @@ class LiveHub:
         )
 
     async def _tick_loop(self) -> None:
-        tick = self.config.tick
-        next_at = time.monotonic()
+        """Publish every ``tick``, and as soon as new windows arrive (bursts coalesced)."""
         while not self.stop.is_set():
+            self._fresh.clear()
             self.publish(time.time())
-            next_at = max(next_at + tick, time.monotonic())
-            await asyncio.sleep(next_at - time.monotonic())
+            try:
+                await asyncio.wait_for(self._fresh.wait(), self.config.tick)
+            except TimeoutError:
+                continue
+            await asyncio.sleep(self.config.coalesce)
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -495,6 +502,7 @@ class LiveHub:
                     try:
                         data = orjson.loads(message["data"])
                         self.state.add_windows(data["windows"], time.time())
+                        self._fresh.set()
                     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                         log.warning("live: malformed message on %s: %s", self.channel, exc)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:

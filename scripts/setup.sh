@@ -234,6 +234,8 @@ setup_base_packages() {
 	if [ "$WITH_TEST" -eq 1 ]; then
 		want prometheus promtool
 		want prometheus-alertmanager amtool
+		want chromium chromium
+		want chromium-driver chromedriver
 	fi
 	if [ "${#MISSING[@]}" -eq 0 ]; then
 		log "system packages present"
