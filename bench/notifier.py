@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import psycopg
 import redis.asyncio
+from _machine import machine
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,16 +33,6 @@ sys.path.insert(0, str(ROOT))
 
 from qesmon.alerts import AlertState, AlertTransition, Severity  # noqa: E402
 from qesmon.migrate import apply_migrations  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 async def run(rate: float, seconds: float, group_wait: str) -> None:
@@ -130,10 +120,7 @@ async def run(rate: float, seconds: float, group_wait: str) -> None:
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(p / 100 * len(lat)))]
 
-    print(
-        f"machine: {os.cpu_count()} CPUs, {cpu_model()} (shared, loaded box: other sessions "
-        "run tests and benchmarks at the same time)"
-    )
+    print(machine())
     print(
         f"rate {rate:g} alerts/s for {seconds:g} s, group_wait {group_wait}: "
         f"{len(lat)} delivered, {lost} missing"

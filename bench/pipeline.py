@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import random
 import statistics
 import sys
@@ -32,6 +31,7 @@ import orjson
 import psutil
 import psycopg
 import redis
+from _machine import machine
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 
@@ -66,18 +66,6 @@ class BenchStats(PipelineStats):
             if done >= min(1_000_000, self.total / 4) and "early" not in self.rss:
                 self.rss["early"] = psutil.Process().memory_info().rss / 2**20
                 self.rss["early_events"] = done
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 def generate_entries(
@@ -224,7 +212,7 @@ def main() -> None:
     client = redis.Redis.from_url(settings.redis_url)
     stream = settings.streams.metrics[0]
     try:
-        print(f"machine: {machine()}")
+        print(machine())
         start = time.time() - 7200
         t = time.perf_counter()
         pushed = sum(

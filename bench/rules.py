@@ -20,8 +20,6 @@ it nearly free); and the overhead relative to the pipeline's time per event, ass
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import statistics
 import sys
@@ -29,6 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _machine import machine
 
 from qesmon.series import Series, WindowResult
 from qesmon.sketch import Agg
@@ -118,12 +118,7 @@ def main() -> None:
     parser.add_argument("--pipeline-us-per-event", type=float, default=15.0)
     args = parser.parse_args()
 
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((x.split(":", 1)[1].strip() for x in cpuinfo if x.startswith("model name")), "?")
-    print(
-        f"machine: {os.cpu_count()} CPUs, {cpu}, Python {platform.python_version()} "
-        "(shared, loaded box: figures are indicative; times are CPU time)"
-    )
+    print(machine("figures are indicative; times are CPU time"))
     rng = random.Random(7)
     series = make_series(args.series, args.metrics)
     rules = make_rules(args.rules, args.metrics)

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import logging
 import os
-import platform
 import socket
 import statistics
 import sys
@@ -28,24 +27,12 @@ import uuid
 from typing import Any
 
 import redis.asyncio
+from _machine import machine
 
 from qesmon.sdk import MetricsCollector, MetricType
 from qesmon.sdk.events import performance_event
 
 LABELS = {"endpoint": "/api/v1/documents/{id}", "method": "GET", "status": "200", "service": "api"}
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
 
 
 def closed_port() -> int:
@@ -162,7 +149,7 @@ async def main(argv: list[str]) -> int:
     scale = 0.1 if args.quick else 1.0
     prefix = f"bench:sdk:{uuid.uuid4().hex[:8]}"
     r = redis.asyncio.Redis.from_url(url)
-    print(f"machine: {machine()} -- shared and loaded while measured, so expect noise")
+    print(machine("expect noise"))
     print(f"redis: {(await r.info('server'))['redis_version']}")
     figures: dict[str, Any] = {}
     try:
