@@ -26,6 +26,15 @@ async def stream_events(client: redis.asyncio.Redis, stream: str) -> list[Event]
     return events
 
 
+async def stream_values(redis_url: str, stream: str) -> list[float]:
+    """The values of the events in ``stream`` on the server at ``redis_url``, in order."""
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return [e.value for e in await stream_events(client, stream)]
+    finally:
+        await client.aclose()
+
+
 async def wait_until(
     predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition"
 ) -> None:

@@ -20,7 +20,7 @@ from qesmon.sdk.collector import WRITE_ROUND
 from qesmon.settings import Settings, StreamKeys
 from tests.support.faults import PrivateRedis, free_port
 
-from .conftest import stream_events, wait_until
+from .conftest import stream_events, stream_values, wait_until
 
 
 def stream(settings: Settings) -> str:
@@ -178,11 +178,7 @@ async def test_unreachable_redis_keeps_the_newest_events_and_delivers_them_exact
     private_redis.start()
     await wait_until(lambda: metrics.stats.buffered == 0, 15, "delivery after the outage")
     await metrics.close()
-    client = redis.asyncio.Redis.from_url(private_redis.url, decode_responses=True)
-    try:
-        values = [e.value for e in await stream_events(client, "m")]
-    finally:
-        await client.aclose()
+    values = await stream_values(private_redis.url, "m")
     # exactly the newest events, each once, in order
     assert values == [float(i) for i in range(3000 - len(values), 3000)]
     assert 1800 <= len(values) <= 2000
@@ -214,11 +210,7 @@ async def test_redis_going_away_mid_run_loses_nothing_that_was_not_counted(
     private_redis.start()  # a fresh, empty server: only what was buffered can arrive
     await wait_until(lambda: metrics.stats.sent == 1000, 15, "the second half")
     await metrics.close()
-    client = redis.asyncio.Redis.from_url(private_redis.url, decode_responses=True)
-    try:
-        values = [e.value for e in await stream_events(client, "m")]
-    finally:
-        await client.aclose()
+    values = await stream_values(private_redis.url, "m")
     assert values == [float(i) for i in range(500, 1000)]
 
 
