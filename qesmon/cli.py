@@ -144,28 +144,28 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 def _up(settings: Settings, args: argparse.Namespace) -> int:
     """Migrate, then run every process as a child until Ctrl-C or until one of them dies
     (the demo may end on its own: the rest keeps running)."""
-    from qesmon import demo
+    from qesmon.demo import notifier_rules_dir, session
     from qesmon.migrate import apply_migrations
 
     apply_migrations(settings.database_url)
     commands = [["pipeline"], ["notifier"], ["api"]]
     env = dict(os.environ)
     envs: dict[str, dict[str, str]] = {}
-    demo_off = demo.why_no_demo(settings, no_demo=args.no_demo)
+    demo_off = session.why_no_demo(settings, no_demo=args.no_demo)
     routing = None
     if demo_off is None:
         commands.append(["demo", "--backfill", "7d"])
         # the notifier reads routing from RULES_DIR only; without any it would tell nobody
-        routing = demo.notifier_rules_dir(settings.rules_dir, Path("var/demo"))
+        routing = notifier_rules_dir(settings.rules_dir, Path("var/demo"))
         if routing is not None:
             envs["notifier"] = {**env, "RULES_DIR": str(routing)}
-    key = demo.create_session_key(settings)
+    key = session.create_session_key(settings)
     children: dict[str, subprocess.Popen[bytes]] = {}
     for command in commands:
         children[command[0]] = subprocess.Popen(
             [sys.executable, "-m", "qesmon", *command], env=envs.get(command[0], env)
         )
-    print(demo.up_banner(settings, key, demo_off, routing), flush=True)
+    print(session.up_banner(settings, key, demo_off, routing), flush=True)
     stopping = False
 
     def _stop(signum: int, frame: object) -> None:
@@ -199,5 +199,5 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
-        demo.revoke_key(settings, key)
+        session.revoke_key(settings, key)
     return status

@@ -12,22 +12,10 @@ import pytest
 from qesmon import vocabulary as v
 from qesmon.alerts import AlertState
 from qesmon.contract import MetricType
-from qesmon.demo import (
-    CYCLE,
-    ENDPOINTS,
-    ERROR_ENDPOINT,
-    INCIDENTS,
-    SLOW_ENDPOINT,
-    Effects,
-    Ev,
-    Intervals,
-    Schedule,
-    Traffic,
-    backfill_range,
-    diurnal,
-    make_tenants,
-    quota_tenant,
-)
+from qesmon.demo.incidents import CYCLE, INCIDENTS, Effects, Schedule, quota_tenant
+from qesmon.demo.platform import ENDPOINTS, ERROR_ENDPOINT, SLOW_ENDPOINT, make_tenants
+from qesmon.demo.run import backfill_range
+from qesmon.demo.traffic import Ev, Intervals, Traffic, diurnal
 from qesmon.sdk.events import metric_event
 from qesmon.series import Series, WindowResult
 from qesmon.sketch import Agg
