@@ -13,8 +13,13 @@ CORPUS = Path(__file__).parent / "corpus"
 QESMON = str(Path(sys.executable).parent / "qesmon")  # the installed console script
 
 
-def _check(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def _check(
+    *args: str | Path, cwd: Path = REPO, rules_dir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``qesmon rules check *args``; RULES_DIR is ``rules_dir`` or not set at all."""
     env = {k: v for k, v in os.environ.items() if k != "RULES_DIR"}
+    if rules_dir is not None:
+        env["RULES_DIR"] = str(rules_dir)
     return subprocess.run(
         [QESMON, "rules", "check", *map(str, args)],
         capture_output=True,
@@ -71,14 +76,5 @@ def test_an_empty_directory_is_a_problem(tmp_path: Path) -> None:
 
 def test_rules_dir_from_the_environment_is_the_default(tmp_path: Path) -> None:
     (tmp_path / "r.yml").write_text("id: r\nseverity: info\nmetric: m\ncondition: count > 1\n")
-    env = {**os.environ, "RULES_DIR": str(tmp_path)}
-    done = subprocess.run(
-        [QESMON, "rules", "check"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    done = _check(rules_dir=tmp_path)
     assert (done.returncode, done.stdout) == (0, "ok: 1 rule(s) in 1 file(s)\n")
