@@ -59,6 +59,19 @@ def dead_letters(client: redis.Redis, settings: Settings) -> list[dict[str, str]
     return [fields for _, fields in client.xrange(settings.streams.dead)]  # type: ignore[union-attr]
 
 
+def feed(
+    client: redis.Redis,
+    stream: str,
+    work: wl.Workload,
+    entries: list[tuple[str, dict[str, str]]] | None = None,
+) -> tuple[dict[tuple[wl.SeriesKey, int, int], wl.Truth], int]:
+    """Push ``entries`` (by default all of ``work``), then the event that makes every window
+    final; return the ground truth of ``work``: the expected windows and the late events."""
+    wl.push(client, stream, work.entries if entries is None else entries)
+    wl.push_clock(client, stream)
+    return wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
+
+
 def settle(
     settings: Settings, expected_rows: int, proc: QesmonProcess, timeout: float = 60
 ) -> dict[tuple[wl.SeriesKey, int, int], dict[str, float]]:
@@ -77,9 +90,7 @@ def test_rollups_equal_an_independent_ground_truth(
 ) -> None:
     work = wl.generate(6000, seed=11, span_s=900)
     stream = psettings.streams.metrics[0]
-    wl.push(redis_client, stream, work.entries)
-    wl.push_clock(redis_client, stream)
-    expected, late = wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
+    expected, late = feed(redis_client, stream, work)
     assert late > 50 and len(expected) > 500  # the workload really has late events and windows
     got = settle(psettings, len(expected), running)
     assert wl.compare(expected, got) == []
@@ -98,9 +109,7 @@ def test_batched_entries_give_the_same_rollups(
 ) -> None:
     work = wl.generate(20000, seed=5, span_s=600, batch=500)
     stream = psettings.streams.metrics[0]
-    wl.push(redis_client, stream, work.entries)
-    wl.push_clock(redis_client, stream)
-    expected, _ = wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
+    expected, _ = feed(redis_client, stream, work)
     assert wl.compare(expected, settle(psettings, len(expected), running)) == []
 
 
@@ -109,9 +118,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(
 ) -> None:
     work = wl.generate(60000, seed=3, span_s=1800)
     stream = psettings.streams.metrics[0]
-    wl.push(redis_client, stream, work.entries)
-    wl.push_clock(redis_client, stream)
-    expected, _ = wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
+    expected, _ = feed(redis_client, stream, work)
     rng = random.Random(42)
     # trimming as eagerly as it allows: killed runs must never need a trimmed entry
     proc = pipeline(psettings, tmp_path, STREAM_TRIM_AFTER_SECONDS="1")
@@ -146,12 +153,10 @@ def test_database_stopped_for_a_while_delays_but_loses_nothing(
         wl.push(redis_client, stream, work.entries[:half])
         wait_for(lambda: wl.fetch_rollups(settings.database_url), 20, "the first rollups")
         server.stop()
-        wl.push(redis_client, stream, work.entries[half:])
-        wl.push_clock(redis_client, stream)
+        expected, _ = feed(redis_client, stream, work, work.entries[half:])
         time.sleep(4)
         assert proc.alive(), proc.log()  # waiting, not crash-looping
         server.start()
-        expected, _ = wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
         assert wl.compare(expected, settle(settings, len(expected), proc)) == []
         assert "retrying" in proc.log()
     finally:
@@ -174,9 +179,7 @@ def test_redis_restart_loses_nothing(psettings: Settings, tmp_path: Path) -> Non
         time.sleep(2)
         assert proc.alive(), proc.log()
         server.start()
-        wl.push(client, stream, work.entries[half:])
-        wl.push_clock(client, stream)
-        expected, _ = wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
+        expected, _ = feed(client, stream, work, work.entries[half:])
         assert wl.compare(expected, settle(settings, len(expected), proc)) == []
     finally:
         proc.stop()
@@ -310,10 +313,7 @@ def test_two_shards_on_a_two_process_cluster_equal_the_ground_truth(
         shards[int(entry[1].get("tenant", "tenant-0")[-1]) % 2].append(entry)
     expected: dict[tuple[wl.SeriesKey, int, int], wl.Truth] = {}
     for stream, entries in zip(settings.streams.metrics, shards, strict=True):
-        wl.push(redis_client, stream, entries)
-        wl.push_clock(redis_client, stream)
-        part = wl.Workload(entries, 0, work.start_ms)
-        expected.update(wl.ground_truth(part, wait=WAIT, lateness=LATENESS)[0])
+        expected.update(feed(redis_client, stream, wl.Workload(entries, 0, work.start_ms))[0])
     proc = QesmonProcess(
         ["pipeline", "-p", "2", "--recovery-dir", str(tmp_path / "recovery")],
         settings_env(settings),
@@ -330,9 +330,7 @@ def test_consumed_entries_are_trimmed_and_a_crash_after_trimming_loses_nothing(
 ) -> None:
     work = wl.generate(4000, seed=4, span_s=600)
     stream = psettings.streams.metrics[0]
-    wl.push(redis_client, stream, work.entries)
-    wl.push_clock(redis_client, stream)
-    expected, _ = wl.ground_truth(work, wait=WAIT, lateness=LATENESS)
+    expected, _ = feed(redis_client, stream, work)
     proc = pipeline(psettings, tmp_path, STREAM_TRIM_AFTER_SECONDS="1").start()
     try:
         settle(psettings, len(expected), proc)
