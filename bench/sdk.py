@@ -96,6 +96,20 @@ async def record_latency(url: str, key: str, calls: int) -> dict[str, float]:
     return results
 
 
+async def delivered_rate(
+    collector: MetricsCollector, r: redis.asyncio.Redis, key: str, n: int, started: float
+) -> float:
+    """Close ``collector`` (delivering all), check that all ``n`` events arrived, and return
+    events/s since ``started``; the stream is deleted."""
+    await collector.close(timeout=120)
+    elapsed = time.perf_counter() - started
+    stats = collector.stats
+    delivered = await stream_events(r, key)
+    assert stats.sent == n == delivered and stats.dropped == 0, (stats, delivered)
+    await r.delete(key)
+    return n / elapsed
+
+
 async def flush_rate(url: str, r: redis.asyncio.Redis, key: str, batch: int, n: int) -> float:
     """Fill the buffer with n events, then time their delivery."""
     template = performance_event("http_request", 0.0123, True, LABELS, "tenant-1")
@@ -106,13 +120,7 @@ async def flush_rate(url: str, r: redis.asyncio.Redis, key: str, batch: int, n: 
         collector.submit(event)
     started = time.perf_counter()
     await collector.start()
-    await collector.close(timeout=120)
-    elapsed = time.perf_counter() - started
-    stats = collector.stats
-    delivered = await stream_events(r, key)
-    assert stats.sent == n == delivered and stats.dropped == 0, (stats, delivered)
-    await r.delete(key)
-    return n / elapsed
+    return await delivered_rate(collector, r, key, n, started)
 
 
 async def end_to_end_rate(url: str, r: redis.asyncio.Redis, key: str, batch: int, n: int) -> float:
@@ -128,13 +136,7 @@ async def end_to_end_rate(url: str, r: redis.asyncio.Redis, key: str, batch: int
             await asyncio.sleep(0)
             while collector.stats.buffered > 50_000:  # a real app would not outrun it
                 await asyncio.sleep(0.001)
-    await collector.close(timeout=120)
-    elapsed = time.perf_counter() - started
-    stats = collector.stats
-    delivered = await stream_events(r, key)
-    assert stats.sent == n == delivered and stats.dropped == 0, (stats, delivered)
-    await r.delete(key)
-    return n / elapsed
+    return await delivered_rate(collector, r, key, n, started)
 
 
 async def main(argv: list[str]) -> int:
