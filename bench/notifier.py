@@ -20,100 +20,92 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-import psycopg
 import redis.asyncio
 from _machine import machine
+from _scratch import scratch_database
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from qesmon.alerts import AlertState, AlertTransition, Severity  # noqa: E402
-from qesmon.migrate import apply_migrations  # noqa: E402
 
 
 async def run(rate: float, seconds: float, group_wait: str) -> None:
     server_url = os.environ["DATABASE_URL"]
     redis_url = os.environ["REDIS_URL"]
-    dbname = f"qesmon_bench_{uuid.uuid4().hex[:8]}"
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    db_url = urlunsplit(urlsplit(server_url)._replace(path="/" + dbname))
-    apply_migrations(db_url)
-    arrivals: dict[str, float] = {}
+    with scratch_database(server_url) as db_url:
+        arrivals: dict[str, float] = {}
 
-    async def hook(request: web.Request) -> web.Response:
-        now = time.time()
-        body = orjson.loads(await request.read())
-        for alert in body["alerts"]:
-            arrivals.setdefault(alert["fingerprint"], now)
-        return web.Response(text="ok")
+        async def hook(request: web.Request) -> web.Response:
+            now = time.time()
+            body = orjson.loads(await request.read())
+            for alert in body["alerts"]:
+                arrivals.setdefault(alert["fingerprint"], now)
+            return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    rules = Path(tempfile.mkdtemp(prefix="qesmon-bench-rules-"))
-    (rules / "notifications.yaml").write_text(
-        "routing:\n  defaults: {channels: [webhook], group_by: [fingerprint],"
-        f" group_wait: {group_wait}, repeat_interval: 0s}}\n"
-    )
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "QESMON_KEY_PREFIX": prefix,
-        "RULES_DIR": str(rules),
-        "WEBHOOK_URL": f"http://127.0.0.1:{port}/hook",
-        "LOG_LEVEL": "WARNING",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "qesmon", "notifier"], cwd=ROOT, env=env)
-    r = redis.asyncio.Redis.from_url(redis_url)
-    stream = f"{prefix}:alerts"
-    sent: dict[str, float] = {}
-    try:
-        await asyncio.sleep(2.0)  # let the notifier start and create its group
-        n = int(rate * seconds)
-        start = time.perf_counter()
-        for i in range(n):
-            due = start + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            fp = f"bench-{i:06d}"
-            t = AlertTransition(
-                fp,
-                "bench_rule",
-                "Bench rule",
-                Severity.CRITICAL,
-                AlertState.PENDING,
-                AlertState.FIRING,
-                time.time(),
-                1.0,
-                tenant="t",
-                labels={"i": str(i)},
-            )
-            sent[fp] = time.time()
-            await r.xadd(stream, t.to_fields())  # type: ignore[arg-type]
-        deadline = time.time() + 30
-        while len(arrivals) < n and time.time() < deadline:
-            await asyncio.sleep(0.1)
-    finally:
-        proc.terminate()
-        proc.wait(20)
-        keys = [k async for k in r.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await r.delete(*keys)
-        await r.aclose()
-        await runner.cleanup()
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        rules = Path(tempfile.mkdtemp(prefix="qesmon-bench-rules-"))
+        (rules / "notifications.yaml").write_text(
+            "routing:\n  defaults: {channels: [webhook], group_by: [fingerprint],"
+            f" group_wait: {group_wait}, repeat_interval: 0s}}\n"
+        )
+        env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "QESMON_KEY_PREFIX": prefix,
+            "RULES_DIR": str(rules),
+            "WEBHOOK_URL": f"http://127.0.0.1:{port}/hook",
+            "LOG_LEVEL": "WARNING",
+        }
+        proc = subprocess.Popen([sys.executable, "-m", "qesmon", "notifier"], cwd=ROOT, env=env)
+        r = redis.asyncio.Redis.from_url(redis_url)
+        stream = f"{prefix}:alerts"
+        sent: dict[str, float] = {}
+        try:
+            await asyncio.sleep(2.0)  # let the notifier start and create its group
+            n = int(rate * seconds)
+            start = time.perf_counter()
+            for i in range(n):
+                due = start + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                fp = f"bench-{i:06d}"
+                t = AlertTransition(
+                    fp,
+                    "bench_rule",
+                    "Bench rule",
+                    Severity.CRITICAL,
+                    AlertState.PENDING,
+                    AlertState.FIRING,
+                    time.time(),
+                    1.0,
+                    tenant="t",
+                    labels={"i": str(i)},
+                )
+                sent[fp] = time.time()
+                await r.xadd(stream, t.to_fields())  # type: ignore[arg-type]
+            deadline = time.time() + 30
+            while len(arrivals) < n and time.time() < deadline:
+                await asyncio.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(20)
+            keys = [k async for k in r.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await r.delete(*keys)
+            await r.aclose()
+            await runner.cleanup()
     lat = sorted((arrivals[fp] - sent[fp]) * 1000 for fp in sent if fp in arrivals)
     lost = len(sent) - len(lat)
 

@@ -32,6 +32,7 @@ import psutil
 import psycopg
 import redis
 from _machine import machine
+from _scratch import scratch_database
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 
@@ -40,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.dataflow import build_flow
 from pipeline.health import PipelineStats
 from qesmon.contract import parse_entry
-from qesmon.migrate import apply_migrations
 from qesmon.settings import Settings
 
 
@@ -203,70 +203,66 @@ def main() -> None:
     args = parser.parse_args()
     base = Settings.from_env(os.environ)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    dbname = f"qesmon_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(base.database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    url = base.database_url.rsplit("/", 1)[0] + "/" + dbname
-    apply_migrations(url)
-    settings = Settings(redis_url=base.redis_url, database_url=url, key_prefix=prefix)
-    client = redis.Redis.from_url(settings.redis_url)
-    stream = settings.streams.metrics[0]
-    try:
-        print(machine())
-        start = time.time() - 7200
-        t = time.perf_counter()
-        pushed = sum(
-            push(client, stream, chunk)
-            for chunk in generate_entries(args.events, args.batch, start)
-        )
-        print(
-            f"pushed {args.events:,} events in {pushed:,} entries "
-            f"({args.events / (time.perf_counter() - t):,.0f} events/s)"
-        )
-        clock = client.xadd(stream, {"name": "bench_clock", "value": "1"})
-        stop_at = clock.decode() if isinstance(clock, bytes) else str(clock)
-        rss_before = psutil.Process().memory_info().rss / 2**20
-        stats = run_pipeline(settings, stop_at, args.events)
-        assert stats.first_read is not None
-        elapsed = stats.last_write - stats.first_read
-        rate = args.events / elapsed
-        rss_end = psutil.Process().memory_info().rss / 2**20
-        # the same entries per read as the pipeline's source takes
-        count = max(1, 20_000 // args.batch) if args.batch else 1000
-        bare_rate, bare_events = bare_loop(settings.redis_url, stream, count)
-        print(f"bare loop (XREAD + parse): {bare_rate:,.0f} events/s over {bare_events:,} events")
-        print(
-            f"pipeline: {rate:,.0f} events/s ({elapsed:.2f} s from first read to last "
-            f"rollup committed); ratio pipeline / bare loop = {rate / bare_rate:.2f}"
-        )
-        print(
-            f"RSS: {rss_before:.0f} MiB before, {stats.rss.get('early', 0):.0f} MiB after "
-            f"{stats.rss.get('early_events', 0):,.0f} events, {rss_end:.0f} MiB after "
-            f"{args.events:,} events"
-        )
-        with psycopg.connect(url) as conn:
-            rows = conn.execute(
-                "SELECT width_s, count(*), sum(count) FROM metric_rollups GROUP BY 1 ORDER BY 1"
-            ).fetchall()
-        for width, n, events in rows:
-            print(f"  width {width:>4} s: {n:,} rollup rows, {int(events):,} events")
-        if not args.no_live:
-            live = dataclasses.replace(settings, key_prefix=f"{prefix}live")
-            delays = sorted(live_phase(live, args.live_rate, 20.0))
-            if delays:
-                p99 = delays[min(len(delays) - 1, int(0.99 * len(delays)))]
-                print(
-                    f"live at {args.live_rate:,} events/s: window-close delay (end + wait -> "
-                    f"committed) p50 {statistics.median(delays):.3f} s, p99 {p99:.3f} s, "
-                    f"max {delays[-1]:.3f} s over {len(delays)} windows"
-                )
-    finally:
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
-        with psycopg.connect(base.database_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    with scratch_database(base.database_url) as url:
+        settings = Settings(redis_url=base.redis_url, database_url=url, key_prefix=prefix)
+        client = redis.Redis.from_url(settings.redis_url)
+        stream = settings.streams.metrics[0]
+        try:
+            print(machine())
+            start = time.time() - 7200
+            t = time.perf_counter()
+            pushed = sum(
+                push(client, stream, chunk)
+                for chunk in generate_entries(args.events, args.batch, start)
+            )
+            print(
+                f"pushed {args.events:,} events in {pushed:,} entries "
+                f"({args.events / (time.perf_counter() - t):,.0f} events/s)"
+            )
+            clock = client.xadd(stream, {"name": "bench_clock", "value": "1"})
+            stop_at = clock.decode() if isinstance(clock, bytes) else str(clock)
+            rss_before = psutil.Process().memory_info().rss / 2**20
+            stats = run_pipeline(settings, stop_at, args.events)
+            assert stats.first_read is not None
+            elapsed = stats.last_write - stats.first_read
+            rate = args.events / elapsed
+            rss_end = psutil.Process().memory_info().rss / 2**20
+            # the same entries per read as the pipeline's source takes
+            count = max(1, 20_000 // args.batch) if args.batch else 1000
+            bare_rate, bare_events = bare_loop(settings.redis_url, stream, count)
+            print(
+                f"bare loop (XREAD + parse): {bare_rate:,.0f} events/s over {bare_events:,} events"
+            )
+            print(
+                f"pipeline: {rate:,.0f} events/s ({elapsed:.2f} s from first read to last "
+                f"rollup committed); ratio pipeline / bare loop = {rate / bare_rate:.2f}"
+            )
+            print(
+                f"RSS: {rss_before:.0f} MiB before, {stats.rss.get('early', 0):.0f} MiB after "
+                f"{stats.rss.get('early_events', 0):,.0f} events, {rss_end:.0f} MiB after "
+                f"{args.events:,} events"
+            )
+            with psycopg.connect(url) as conn:
+                rows = conn.execute(
+                    "SELECT width_s, count(*), sum(count) FROM metric_rollups GROUP BY 1 ORDER BY 1"
+                ).fetchall()
+            for width, n, events in rows:
+                print(f"  width {width:>4} s: {n:,} rollup rows, {int(events):,} events")
+            if not args.no_live:
+                live = dataclasses.replace(settings, key_prefix=f"{prefix}live")
+                delays = sorted(live_phase(live, args.live_rate, 20.0))
+                if delays:
+                    p99 = delays[min(len(delays) - 1, int(0.99 * len(delays)))]
+                    print(
+                        f"live at {args.live_rate:,} events/s: window-close delay (end + wait -> "
+                        f"committed) p50 {statistics.median(delays):.3f} s, p99 {p99:.3f} s, "
+                        f"max {delays[-1]:.3f} s over {len(delays)} windows"
+                    )
+        finally:
+            keys = list(client.scan_iter(match=f"{prefix}*"))
+            if keys:
+                client.delete(*keys)
+            client.close()
 
 
 if __name__ == "__main__":
