@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -17,6 +16,7 @@ from qesmon.errors import RuleError
 from qesmon.settings import Settings
 from rules.store import AlertStore
 from tests.support.faults import TcpProxy
+from tests.support.processes import wait_for
 
 T0 = 1_800_000_000.0
 Db = psycopg.Connection[tuple[object, ...]]
@@ -143,13 +143,6 @@ def test_a_pending_that_clears_closes_unfired_and_the_next_one_opens_a_new_episo
     ]
 
 
-def _wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
-
 def _retries(caplog: pytest.LogCaptureFixture, what: str) -> int:
     return sum(1 for r in caplog.records if r.getMessage().startswith(f"{what} unavailable"))
 
@@ -168,8 +161,8 @@ def test_database_down_blocks_with_retries_and_loses_nothing(
             worker = threading.Thread(target=store.record, args=(EPISODE[1:],))
             worker.start()
             # the stream gets the transitions first; the tables wait for the database
-            _wait_for(lambda: len(_stream(redis_client, settings)) == 3)
-            _wait_for(lambda: _retries(caplog, "database") >= 3)  # still blocked, retrying
+            wait_for(lambda: len(_stream(redis_client, settings)) == 3, 20, "the stream")
+            wait_for(lambda: _retries(caplog, "database") >= 3, 20, "retries (still blocked)")
             assert worker.is_alive()
             assert [r[1] for r in _alerts(db)] == ["pending"]
             proxy.restore()
@@ -193,7 +186,7 @@ def test_redis_down_blocks_with_retries_and_loses_nothing(
             proxy.cut()
             worker = threading.Thread(target=store.record, args=(EPISODE[1:],))
             worker.start()
-            _wait_for(lambda: _retries(caplog, "redis") >= 3)
+            wait_for(lambda: _retries(caplog, "redis") >= 3, 20, "redis retries")
             assert worker.is_alive()
             assert len(_stream(redis_client, settings)) == 1
             assert [r[1] for r in _alerts(db)] == ["pending"]  # stream first, then tables
