@@ -167,7 +167,7 @@ def create_app(settings: Settings, *, monitor: bool | None = None) -> web.Applic
 
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
-    app[HOURS] = HourCache()
+    app[HOURS] = HourCache(settle_seconds=settings.allowed_lateness + 120.0)
     app[KEYS] = KeyCache()
     app.cleanup_ctx.extend([_pool_ctx, _redis_ctx, _http_ctx, exporter_ctx])
     if settings.resource_monitor if monitor is None else monitor:

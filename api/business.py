@@ -45,7 +45,9 @@ async def build(
     full_days = [d for d in day_starts if d >= period.start and d + DAY <= now]
 
     pay = SeriesFilter(names=(v.SUBSCRIPTION_PAYMENT,), tenant=tenant)
-    rows = await store.totals(conn, pay, spans, by=("plan", "currency", "kind"), step=DAY)
+    rows = await store.totals(
+        conn, pay, spans, by=("plan", "currency", "kind"), step=DAY, cache=cache
+    )
     by_plan: dict[tuple[str, str], dict[str, Any]] = {}
     daily: dict[tuple[str, float], float] = defaultdict(float)
     for row in rows:
@@ -161,7 +163,9 @@ async def _users(
         at: agg
         for (at, _), agg in (await store.sketches(conn, cache, signup_flt, spans, step=DAY)).items()
     }
-    signup_counts = {r.step: r.count for r in await store.totals(conn, signup_flt, spans, step=DAY)}
+    signup_counts = {
+        r.step: r.count for r in await store.totals(conn, signup_flt, spans, step=DAY, cache=cache)
+    }
     minute = store.floor_to(now, 60)
     windows = {}
     for label, n_days in (("dau", 1), ("wau", 7), ("mau", 30)):

@@ -74,7 +74,11 @@ async def build(
 
     revenue = {"total": 0.0, "new": 0.0, "recurring": 0.0}
     for row in await store.totals(
-        conn, SeriesFilter(names=(v.SUBSCRIPTION_PAYMENT,), tenant=tenant), spans, by=("kind",)
+        conn,
+        SeriesFilter(names=(v.SUBSCRIPTION_PAYMENT,), tenant=tenant),
+        spans,
+        by=("kind",),
+        cache=cache,
     ):
         revenue["total"] += row.sum
         if row.key[0] in ("new", "recurring"):
@@ -89,6 +93,7 @@ async def build(
         ),
         spans,
         by=("name",),
+        cache=cache,
     ):
         if row.key[0] == v.SIGNATURES_CREATED:
             usage["signatures"] = row.sum
@@ -97,15 +102,16 @@ async def build(
         else:
             signups = row.count
 
-    users = await store.sketches(conn, cache, SeriesFilter(tenant=tenant, with_users=True), spans)
-    active = sum(agg.distinct_users() for agg in users.values())
+    active = await store.distinct_users(
+        conn, cache, SeriesFilter(tenant=tenant, with_users=True), spans
+    )
 
     http = SeriesFilter(names=(v.HTTP_REQUEST,), tenant=tenant)
-    by_endpoint = await store.totals(conn, http, spans, by=("service", "endpoint"))
+    by_endpoint = await store.totals(conn, http, spans, by=("service", "endpoint"), cache=cache)
     count = sum(r.count for r in by_endpoint)
     errors = sum(r.errors for r in by_endpoint)
     duration = sum(r.sum for r in by_endpoint)
-    windows = await store.window_totals(conn, http, spans)
+    windows = await store.window_totals(conn, http, spans, cache=cache)
     performance = {
         "avg_response_time": rounded(duration / count) if count else 0.0,
         "error_rate": rounded(100.0 * errors / count, 4) if count else 0.0,

@@ -172,7 +172,8 @@ class Exporter:
             latest = await store.latest_buckets(conn)
             boundary = self._boundary(latest, now)
             await self._advance_closed(conn, boundary)
-            open_spans = store.plan_spans(self._closed.upto or 0.0, now, latest)
+            since = self._closed.upto or store.floor_to(await store.earliest_bucket(conn), HOUR)
+            open_spans = store.plan_spans(since, now, latest)
             families += await self._counters(conn, open_spans)
             families += await self._histograms(conn, open_spans)
             families += await self._gauges(conn, latest, now)
@@ -210,7 +211,11 @@ class Exporter:
         closed = self._closed
         if boundary is None or (closed.upto is not None and boundary <= closed.upto):
             return
-        lo = closed.upto if closed.upto is not None else 0.0
+        lo = (
+            closed.upto
+            if closed.upto is not None
+            else store.floor_to(await store.earliest_bucket(conn), HOUR)
+        )
         spans = [store.Span(HOUR, lo, boundary)]
         for name, by in COUNTER_SOURCES:
             for row in await store.totals(conn, SeriesFilter(names=(name,)), spans, by=by):
@@ -218,9 +223,7 @@ class Exporter:
                 acc[0] += row.count
                 acc[1] += row.sum
         for name, by in HISTOGRAM_SOURCES:
-            merged = await store.sketches(
-                conn, HourCache(max_entries=1), SeriesFilter(names=(name,)), spans, by=by
-            )
+            merged = await store.sketches(conn, None, SeriesFilter(names=(name,)), spans, by=by)
             for (_, key), agg in merged.items():
                 target = closed.hists.get((name, key))
                 if target is None:

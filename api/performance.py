@@ -107,16 +107,16 @@ async def build(
                 if e["slow_requests"] > 0
             ][:SLOWEST_SHOWN],
         },
-        "resources": await _resources(conn, spans, now, seconds) if tenant is None else None,
+        "resources": await _resources(conn, cache, spans, now, seconds) if tenant is None else None,
     }
 
 
 async def _resources(
-    conn: Conn, spans: list[store.Span], now: float, seconds: float
+    conn: Conn, cache: HourCache, spans: list[store.Span], now: float, seconds: float
 ) -> dict[str, Any]:
     """CPU/memory/disk per host (and mount): mean, max and latest; network bytes per second."""
     gauges = await store.totals(
-        conn, SeriesFilter(names=RESOURCES), spans, by=("name", "host", "mount")
+        conn, SeriesFilter(names=RESOURCES), spans, by=("name", "host", "mount"), cache=cache
     )
     latest = {
         key: value
@@ -138,7 +138,9 @@ async def _resources(
             item["mount"] = mount
         out[section[name]].append(item)
     network: dict[str, dict[str, Any]] = {}
-    for row in await store.totals(conn, SeriesFilter(names=NETWORK), spans, by=("name", "host")):
+    for row in await store.totals(
+        conn, SeriesFilter(names=NETWORK), spans, by=("name", "host"), cache=cache
+    ):
         name, host = row.key
         entry = network.setdefault(
             host, {"host": host, "sent_bytes_per_second": 0.0, "recv_bytes_per_second": 0.0}

@@ -18,13 +18,15 @@ closed hours are cached in memory (:class:`HourCache`), keyed by their row count
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import AsyncConnection, sql
 
+from api.stats import UserUnion
 from qesmon.series import ROLLUP_WIDTHS
 from qesmon.sketch import Agg
 
@@ -163,6 +165,13 @@ async def latest_buckets(conn: Conn) -> dict[int, float | None]:
     return out
 
 
+async def earliest_bucket(conn: Conn) -> float:
+    """Start of the oldest stored window (now when there is none)."""
+    cur = await conn.execute("SELECT min(bucket) FROM metric_rollups")
+    row = await cur.fetchone()
+    return row[0].timestamp() if row and row[0] is not None else time.time()
+
+
 @dataclass(frozen=True, slots=True)
 class Totals:
     """Added-up rollup columns of one group (and one time step when asked for)."""
@@ -180,7 +189,7 @@ class Totals:
         return self.sum / self.count if self.count else None
 
 
-async def totals(
+async def _sql_totals(
     conn: Conn,
     flt: SeriesFilter,
     spans: Sequence[Span],
@@ -227,47 +236,152 @@ GroupAggs = dict[tuple[str, ...], Agg]
 
 @dataclass
 class HourCache:
-    """Merged sketches of closed hours, per query shape; bounded, oldest entries dropped.
+    """Per-bucket results of *final* 1 h and 1 min windows, per query shape; bounded.
 
-    An hour's entry is valid while its rows' count and newest ``updated_at`` are unchanged
-    (a late event rewrites the hour row and so invalidates it).
+    A window is final once its end is ``settle_seconds`` in the past: the pipeline takes late
+    events only within the allowed lateness (30 s by default) and a replay rewrites the same
+    values, so a final window's rows never change and its merged sketches and sums are
+    computed once per process. Newer windows are always read from the database. Entries
+    expire after ``ttl`` seconds all the same, so rows written long after their window (a
+    backfill, a restored backup) show up within that time.
     """
 
-    max_entries: int = 20_000
-    entries: dict[tuple[Any, ...], tuple[tuple[int, float], GroupAggs]] = field(
-        default_factory=dict
-    )
+    settle_seconds: float = 150.0
+    ttl: float = 600.0
+    max_entries: int = 200_000
+    entries: dict[tuple[Any, ...], tuple[float, Any]] = field(default_factory=dict)
     hits: int = 0
     misses: int = 0
 
-    def get(self, key: tuple[Any, ...], version: tuple[int, float]) -> GroupAggs | None:
+    def get(self, key: tuple[Any, ...]) -> Any:
         found = self.entries.get(key)
-        if found is not None and found[0] == version:
-            self.hits += 1
-            return found[1]
-        self.misses += 1
-        return None
+        if found is None or found[0] < time.monotonic():
+            self.misses += 1
+            return None
+        self.hits += 1
+        return found[1]
 
-    def put(self, key: tuple[Any, ...], version: tuple[int, float], aggs: GroupAggs) -> None:
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
         if len(self.entries) >= self.max_entries:
             for old in list(self.entries)[: self.max_entries // 10]:
                 del self.entries[old]
-        self.entries[key] = (version, aggs)
+        self.entries[key] = (time.monotonic() + self.ttl, value)
 
 
-async def _fetch_sketches(
+MAX_CACHED_BUCKETS = 20_000
+
+
+def _split(spans: Sequence[Span], final_before: float) -> tuple[list[Span], list[Span]]:
+    """(spans of final 1 h / 1 min windows, the rest); very long spans are not cached."""
+    cached: list[Span] = []
+    live: list[Span] = []
+    finest = min(ROLLUP_WIDTHS)
+    for span in spans:
+        if span.width_s == finest or (span.end - span.start) / span.width_s > MAX_CACHED_BUCKETS:
+            live.append(span)
+            continue
+        cut = min(span.end, max(span.start, floor_to(final_before, span.width_s)))
+        if cut > span.start:
+            cached.append(Span(span.width_s, span.start, cut))
+        if span.end > cut:
+            live.append(Span(span.width_s, cut, span.end))
+    return cached, live
+
+
+def _runs(width: int, buckets: list[float]) -> list[Span]:
+    """Contiguous runs of bucket starts as spans."""
+    out: list[Span] = []
+    for b in sorted(buckets):
+        if out and out[-1].end == b:
+            out[-1] = Span(width, out[-1].start, b + width)
+        else:
+            out.append(Span(width, b, b + width))
+    return out
+
+
+Fetch = Callable[[list[Span], int], Awaitable[dict[float, Any]]]
+
+
+async def _per_bucket(
+    cache: HourCache, shape: tuple[Any, ...], spans: Sequence[Span], fetch: Fetch
+) -> dict[tuple[int, float], Any]:
+    """Each bucket's value from the cache, fetching the missing ones in one query per width."""
+    out: dict[tuple[int, float], Any] = {}
+    missing: dict[int, list[float]] = {}
+    for span in spans:
+        bucket = span.start
+        while bucket < span.end:
+            value = cache.get((*shape, span.width_s, bucket))
+            if value is None:
+                missing.setdefault(span.width_s, []).append(bucket)
+            else:
+                out[(span.width_s, bucket)] = value
+            bucket += span.width_s
+    for width, buckets in missing.items():
+        fetched = await fetch(_runs(width, buckets), width)
+        for bucket in buckets:
+            value = fetched.get(bucket, {})
+            cache.put((*shape, width, bucket), value)
+            out[(width, bucket)] = value
+    return out
+
+
+def _add(a: Totals | None, b: Totals, key: tuple[str, ...], step: float | None) -> Totals:
+    if a is None:
+        return Totals(key, step, b.count, b.errors, b.sum, b.min, b.max)
+    return Totals(
+        key,
+        step,
+        a.count + b.count,
+        a.errors + b.errors,
+        a.sum + b.sum,
+        min(a.min, b.min),
+        max(a.max, b.max),
+    )
+
+
+async def totals(
     conn: Conn,
     flt: SeriesFilter,
     spans: Sequence[Span],
-    by: Sequence[str],
-    extra: sql.Composable | None = None,
-    extra_params: dict[str, Any] | None = None,
+    *,
+    by: Sequence[str] = (),
+    step: int | None = None,
+    cache: HourCache | None = None,
+) -> list[Totals]:
+    """Sum count/errors/sum and take min/max per group (and per ``step`` seconds).
+
+    With a ``cache``, final 1 h / 1 min windows are read once per process.
+    """
+    if cache is None:
+        return await _sql_totals(conn, flt, spans, by=by, step=step)
+    cached, live = _split(spans, time.time() - cache.settle_seconds)
+
+    async def fetch(runs: list[Span], width: int) -> dict[float, Any]:
+        per: dict[float, dict[tuple[str, ...], Totals]] = {}
+        for row in await _sql_totals(conn, flt, runs, by=by, step=width):
+            assert row.step is not None
+            per.setdefault(row.step, {})[row.key] = row
+        return per
+
+    out: dict[tuple[float | None, tuple[str, ...]], Totals] = {}
+    shape = ("totals", flt.key(), tuple(by))
+    for (_, bucket), groups in (await _per_bucket(cache, shape, cached, fetch)).items():
+        at = floor_to(bucket, step) if step else None
+        for key, row in groups.items():
+            out[(at, key)] = _add(out.get((at, key)), row, key, at)
+    for row in await _sql_totals(conn, flt, live, by=by, step=step) if live else []:
+        out[(row.step, row.key)] = _add(out.get((row.step, row.key)), row, row.key, row.step)
+    return [out[k] for k in sorted(out, key=lambda k: (k[1], k[0] or 0.0))]
+
+
+async def _fetch_sketches(
+    conn: Conn, flt: SeriesFilter, spans: Sequence[Span], by: Sequence[str]
 ) -> list[tuple[Any, ...]]:
+    if not spans:
+        return []
     where, params = _where(flt, spans)
     keys = _group_columns(by, params)
-    if extra is not None:
-        where = sql.SQL("{} AND {}").format(where, extra)
-        params.update(extra_params or {})
     select = [*keys, sql.SQL("extract(epoch FROM r.bucket)::float8"), sql.SQL("r.sketch")]
     query = sql.SQL(
         "SELECT {select} FROM metric_rollups r JOIN series s ON s.id = r.series_id "
@@ -285,19 +399,18 @@ def _merge_rows(
 ) -> None:
     for row in rows:
         key = tuple(row[:n])
-        bucket = float(row[n])
-        at = floor_to(bucket, step) if step else None
-        agg = out.get((at, key))
-        blob = Agg.from_bytes(bytes(row[n + 1]))
-        if agg is None:
-            out[(at, key)] = blob
+        at = floor_to(float(row[n]), step) if step else None
+        agg = Agg.from_bytes(bytes(row[n + 1]))
+        target = out.get((at, key))
+        if target is None:
+            out[(at, key)] = agg
         else:
-            agg.merge(blob)
+            target.merge(agg)
 
 
 async def sketches(
     conn: Conn,
-    cache: HourCache,
+    cache: HourCache | None,
     flt: SeriesFilter,
     spans: Sequence[Span],
     *,
@@ -306,64 +419,60 @@ async def sketches(
 ) -> dict[tuple[float | None, tuple[str, ...]], Agg]:
     """Merged sketches per (step start or None, group key).
 
-    ``step`` must be a multiple of every span width that is used (3600 or 86400 with hour
-    spans, 60 with minute spans). Closed hours come from ``cache`` when unchanged.
+    ``step`` must be a multiple of every span width used (3600 or 86400 with hour spans, 60
+    with minute spans). Final 1 h / 1 min windows are merged once per process (``cache``).
     """
-    out: dict[tuple[float | None, tuple[str, ...]], Agg] = {}
     n = len(by)
-    hour_spans = [s for s in spans if s.width_s == HOUR]
-    fine_spans = [s for s in spans if s.width_s != HOUR]
-    if fine_spans:
-        _merge_rows(await _fetch_sketches(conn, flt, fine_spans, by), n, step, out)
-    if not hour_spans:
+    out: dict[tuple[float | None, tuple[str, ...]], Agg] = {}
+    if cache is None:
+        _merge_rows(await _fetch_sketches(conn, flt, spans, by), n, step, out)
         return out
-    where, params = _where(flt, hour_spans)
-    cur = await conn.execute(
-        sql.SQL(
-            "SELECT extract(epoch FROM r.bucket)::float8, count(*), "
-            "extract(epoch FROM max(r.updated_at))::float8 "
-            "FROM metric_rollups r JOIN series s ON s.id = r.series_id "
-            "WHERE {where} AND r.sketch IS NOT NULL GROUP BY 1"
-        ).format(where=where),
-        params,
-    )
-    versions = {float(b): (int(c), float(u)) for b, c, u in await cur.fetchall()}
-    shape = (flt.key(), tuple(by))
-    hours: dict[float, GroupAggs] = {}
-    missing: list[float] = []
-    for hour, version in versions.items():
-        cached = cache.get((shape, hour), version)
-        if cached is None:
-            missing.append(hour)
-        else:
-            hours[hour] = cached
-    if missing:
-        fresh: dict[tuple[float | None, tuple[str, ...]], Agg] = {}
-        rows = await _fetch_sketches(
-            conn,
-            flt,
-            hour_spans,
-            by,
-            sql.SQL("r.bucket = ANY(%(hours)s)"),
-            {"hours": [_ts(h) for h in missing]},
-        )
-        _merge_rows(rows, n, HOUR, fresh)
-        for hour in missing:
-            hours[hour] = {}
-        for (at, key), agg in fresh.items():
+    cached, live = _split(spans, time.time() - cache.settle_seconds)
+
+    async def fetch(runs: list[Span], width: int) -> dict[float, Any]:
+        merged: dict[tuple[float | None, tuple[str, ...]], Agg] = {}
+        _merge_rows(await _fetch_sketches(conn, flt, runs, by), n, width, merged)
+        per: dict[float, GroupAggs] = {}
+        for (at, key), agg in merged.items():
             assert at is not None
-            hours[at][key] = agg
-        for hour in missing:
-            cache.put((shape, hour), versions[hour], hours[hour])
-    for hour, groups in hours.items():
-        at = floor_to(hour, step) if step else None
+            per.setdefault(at, {})[key] = agg
+        return per
+
+    shape = ("sketches", flt.key(), tuple(by))
+    for (_, bucket), groups in (await _per_bucket(cache, shape, cached, fetch)).items():
+        at = floor_to(bucket, step) if step else None
         for key, agg in groups.items():
             target = out.get((at, key))
             if target is None:
                 out[(at, key)] = agg.copy()
             else:
                 target.merge(agg)
+    _merge_rows(await _fetch_sketches(conn, flt, live, by), n, step, out)
     return out
+
+
+async def distinct_users(
+    conn: Conn, cache: HourCache, flt: SeriesFilter, spans: Sequence[Span]
+) -> int:
+    """Distinct users over every series of ``flt`` that saw users, in one union pass.
+
+    Shares the per-bucket cache of :func:`sketches` (``by=()``).
+    """
+    cached, live = _split(spans, time.time() - cache.settle_seconds)
+
+    async def fetch(runs: list[Span], width: int) -> dict[float, Any]:
+        merged: dict[tuple[float | None, tuple[str, ...]], Agg] = {}
+        _merge_rows(await _fetch_sketches(conn, flt, runs, ()), 0, width, merged)
+        return {at: {key: agg} for (at, key), agg in merged.items() if at is not None}
+
+    union = UserUnion()
+    shape = ("sketches", flt.key(), ())
+    for groups in (await _per_bucket(cache, shape, cached, fetch)).values():
+        for agg in groups.values():
+            union.add(agg)
+    for row in await _fetch_sketches(conn, flt, live, ()):
+        union.add(Agg.from_bytes(bytes(row[1])))
+    return union.count()
 
 
 async def latest_values(
@@ -372,7 +481,7 @@ async def latest_values(
     """Per series: its most recent window's mean, as (group key, window end, value).
 
     Rollups keep no "last value"; for gauges (CPU %, quota %) the mean of the newest window
-    is the closest stored figure. Every width counts: the newest window end wins, the finest
+    is the closest stored figure. Every closed window counts: the newest end wins, the finest
     width on ties.
     """
     params: dict[str, Any] = {"since": _ts(since)}
@@ -382,6 +491,7 @@ async def latest_values(
         "extract(epoch FROM r.bucket)::float8 + r.width_s, r.sum / r.count "
         "FROM metric_rollups r JOIN series s ON s.id = r.series_id "
         "WHERE {where} AND r.bucket >= %(since)s AND r.count > 0 "
+        "AND r.bucket + make_interval(secs => r.width_s) <= now() "
         "ORDER BY s.id, r.bucket + make_interval(secs => r.width_s) DESC, r.width_s"
     ).format(
         keys=sql.SQL(", ").join([*keys, sql.SQL("s.id")]),
@@ -410,14 +520,30 @@ def _base_where(flt: SeriesFilter, params: dict[str, Any]) -> sql.Composable:
 
 
 async def window_totals(
-    conn: Conn, flt: SeriesFilter, spans: Sequence[Span]
+    conn: Conn, flt: SeriesFilter, spans: Sequence[Span], *, cache: HourCache | None = None
 ) -> list[tuple[int, float, int, int]]:
     """Per stored window (width, bucket start): summed count and errors over the series."""
-    where, params = _where(flt, spans)
+    out: list[tuple[int, float, int, int]] = []
+    live = list(spans)
+    if cache is not None:
+        cached, live = _split(spans, time.time() - cache.settle_seconds)
+
+        async def fetch(runs: list[Span], width: int) -> dict[float, Any]:
+            rows = await _sql_totals(conn, flt, runs, step=width)
+            return {row.step: {(): row} for row in rows if row.step is not None}
+
+        shape = ("totals", flt.key(), ())
+        for (width, bucket), groups in (await _per_bucket(cache, shape, cached, fetch)).items():
+            for row in groups.values():
+                out.append((width, bucket, row.count, row.errors))
+    if not live:
+        return out
+    where, params = _where(flt, live)
     query = sql.SQL(
         "SELECT r.width_s, extract(epoch FROM r.bucket)::float8, sum(r.count)::bigint, "
         "sum(r.errors)::bigint FROM metric_rollups r JOIN series s ON s.id = r.series_id "
         "WHERE {where} GROUP BY 1, 2"
     ).format(where=where)
     cur = await conn.execute(query, params)
-    return [(int(w), float(b), int(c), int(e)) for w, b, c, e in await cur.fetchall()]
+    out += [(int(w), float(b), int(c), int(e)) for w, b, c, e in await cur.fetchall()]
+    return out

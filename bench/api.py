@@ -1,0 +1,271 @@
+"""Benchmark of the REST API and the exporter over 30 days of rollups for 1,000 series.
+
+Creates a database of its own (dropped at the end), loads hourly rollups for 30 days, minute
+rollups for the last 2 hours and 10 s rollups for the last 2 minutes of 1,000 series (the
+pipeline's own RollupWriter writes them), starts ``qesmon api`` as a separate process and
+measures, per endpoint: the first (cold) request, p50/p99 of sequential requests, and
+requests/s with 8 concurrent clients. Targets: dashboard p99 < 100 ms, scrape < 50 ms.
+
+    . var/env.sh && .venv/bin/python bench/api.py [--requests 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from api.keys import create_key_sync  # noqa: E402
+from pipeline.sinks import RollupWriter  # noqa: E402
+from qesmon.migrate import apply_migrations  # noqa: E402
+from qesmon.series import Series, WindowResult  # noqa: E402
+from qesmon.sketch import Agg  # noqa: E402
+
+HOUR = 3600
+TENANTS = [f"tenant-{i}" for i in range(10)]
+
+
+def series_mix() -> list[tuple[Series, str]]:
+    """1,000 series: (series, template kind)."""
+    out: list[tuple[Series, str]] = []
+    endpoints = [f"/api/v1/ep{i}" for i in range(10)]
+    for tenant in TENANTS:
+        for ep in endpoints:
+            for status in ("200", "500", "404"):
+                labels = (
+                    ("endpoint", ep),
+                    ("method", "POST"),
+                    ("service", "signing"),
+                    ("status", status),
+                )
+                out.append((Series("http_request", "performance", tenant, labels), "http"))
+        for plan in ("basic", "pro"):
+            for cur in ("EUR", "USD"):
+                for kind in ("new", "recurring"):
+                    labels = (("currency", cur), ("kind", kind), ("plan", plan))
+                    out.append((Series("subscription_payment", "revenue", tenant, labels), "pay"))
+        out.append((Series("signatures_created", "usage", tenant, ()), "count"))
+        out.append((Series("documents_uploaded", "usage", tenant, ()), "count"))
+        out.append((Series("user_signup", "business_event", tenant, ()), "users"))
+        out.append((Series("user_login", "business_event", tenant, ()), "users"))
+        for feature in ("eseal", "bulk_sign", "templates", "api_access", "audit_export"):
+            out.append((Series(feature, "feature_usage", tenant, ()), "users"))
+        out.append(
+            (Series("quota_utilization", "usage", tenant, (("resource", "signatures"),)), "gauge")
+        )
+    for host in range(10):
+        h = (("host", f"host-{host}"),)
+        out.append((Series("cpu_usage", "system", "", h), "gauge"))
+        out.append((Series("memory_usage", "system", "", h), "gauge"))
+        out.append((Series("disk_usage", "system", "", (*h, ("mount", "/"))), "gauge"))
+    k = 0
+    while len(out) < 1000:
+        out.append((Series(f"custom_metric_{k}", "custom", random.choice(TENANTS), ()), "count"))
+        k += 1
+    return out[:1000]
+
+
+def templates(rnd: random.Random, scale: float = 1.0) -> dict[str, list[Agg]]:
+    """Aggregates to reuse as rows; ``scale`` shrinks them for 1 min and 10 s windows."""
+
+    def make(n_values: int, n_users: int, low: float, high: float, err: float) -> Agg:
+        agg = Agg()
+        n_values = max(1, int(n_values * scale))
+        n_users = int(n_users * scale) if n_users else 0
+        for _ in range(n_values):
+            user = f"u{rnd.randrange(n_users)}" if n_users else None
+            agg.add(rnd.uniform(low, high), rnd.random() > err, user)
+        return agg
+
+    return {
+        "http": [make(rnd.randint(20, 600), 400, 0.01, 1.5, 0.03) for _ in range(20)],
+        "pay": [make(rnd.randint(1, 6), 0, 9, 99, 0) for _ in range(10)],
+        "count": [make(rnd.randint(5, 50), 0, 1, 5, 0) for _ in range(10)],
+        "users": [make(rnd.randint(5, 80), 300, 1, 1, 0) for _ in range(10)],
+        "gauge": [make(rnd.randint(1, 360), 0, 20, 95, 0) for _ in range(10)],
+    }
+
+
+def load(database_url: str, now: float) -> int:
+    rnd = random.Random(1)
+    # an hour holds 60 minutes and 360 ten-second windows: smaller aggregates for those
+    pools = {HOUR: templates(rnd), 60: templates(rnd, 1 / 20), 10: templates(rnd, 1 / 60)}
+    mix = series_mix()
+    hour_now = math.floor(now / HOUR) * HOUR
+    minute_now = math.floor(now / 60) * 60
+    windows = [(HOUR, float(hour_now - i * HOUR)) for i in range(1, 30 * 24 + 1)]
+    windows += [(60, float(minute_now - i * 60)) for i in range(1, 121)]
+    windows += [
+        (10, float(minute_now - 120 + i * 10))
+        for i in range(0, 12 + 6)
+        if minute_now - 120 + i * 10 + 10 <= now
+    ]
+    writer = RollupWriter(database_url)
+    rows = 0
+    try:
+        batch: list[WindowResult] = []
+        for width, start in windows:
+            for series, kind in mix:
+                batch.append(WindowResult(series, width, start, rnd.choice(pools[width][kind])))
+            if len(batch) >= 20_000:
+                writer.write(batch)
+                rows += len(batch)
+                batch = []
+        writer.write(batch)
+        rows += len(batch)
+    finally:
+        writer.close()
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def measure(url: str, headers: dict[str, str], n: int) -> dict[str, float]:
+    async with aiohttp.ClientSession(headers=headers) as session:
+        started = time.perf_counter()
+        async with session.get(url) as resp:
+            assert resp.status == 200, (url, resp.status, await resp.text())
+            await resp.read()
+        cold = time.perf_counter() - started
+        lat = []
+        for _ in range(n):
+            t = time.perf_counter()
+            async with session.get(url) as resp:
+                await resp.read()
+                assert resp.status == 200
+            lat.append(time.perf_counter() - t)
+        lat.sort()
+        total = n
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            while done < total:
+                done += 1
+                async with session.get(url) as resp:
+                    await resp.read()
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(8)))
+        rps = total / (time.perf_counter() - t)
+    return {
+        "cold_ms": cold * 1000,
+        "p50_ms": statistics.median(lat) * 1000,
+        "p99_ms": lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)] * 1000,
+        "rps": rps,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--keep", action="store_true", help="keep the database (prints its name)")
+    parser.add_argument("--database", default=None, help="reuse a database kept earlier")
+    args = parser.parse_args()
+    server_url = os.environ["DATABASE_URL"]
+    dbname = args.database or f"qesmon_bench_{uuid.uuid4().hex[:8]}"
+    url = urlunsplit(urlsplit(server_url)._replace(path="/" + dbname))
+    if args.database is None:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+    proc = None
+    try:
+        if args.database is None:
+            apply_migrations(url)
+            t = time.perf_counter()
+            rows = load(url, time.time())
+            print(
+                f"loaded {rows:,} rollup rows for 1,000 series in "
+                f"{time.perf_counter() - t:.1f} s into {dbname}"
+            )
+        with psycopg.connect(url, autocommit=True) as conn:
+            key = create_key_sync(conn, role="admin", name="bench")
+        api_port, metrics_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "API_PORT": str(api_port),
+            "PROMETHEUS_METRICS_PORT": str(metrics_port),
+            "RESOURCE_MONITOR": "false",
+            "QESMON_KEY_PREFIX": f"bench{uuid.uuid4().hex[:6]}",
+            "LOG_LEVEL": "WARNING",
+        }
+        proc = subprocess.Popen([sys.executable, "-m", "qesmon", "api"], env=env, cwd=ROOT)
+        base = f"http://127.0.0.1:{api_port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", api_port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        headers = {"Authorization": f"Bearer {key}"}
+        targets = [
+            ("dashboard 7d", f"{base}/api/v1/metrics/dashboard?days=7"),
+            (
+                "dashboard 7d, one tenant",
+                f"{base}/api/v1/metrics/dashboard?days=7&tenant_id=tenant-3",
+            ),
+            ("business-intelligence 30d", f"{base}/api/v1/metrics/business-intelligence?days=30"),
+            ("performance 24h", f"{base}/api/v1/metrics/performance?hours=24"),
+            ("exporter scrape", f"http://127.0.0.1:{metrics_port}/metrics"),
+        ]
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        print(
+            f"machine: {os.cpu_count()} CPUs, {cpu}; shared and loaded by other work, "
+            "Redis/TimescaleDB/API on the same box"
+        )
+        print(f"{'endpoint':28} {'cold ms':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s (8 conc)':>15}")
+        for name, target in targets:
+            n = (
+                args.requests
+                if "performance" not in name and "business" not in name
+                else max(20, args.requests // 5)
+            )
+            r = asyncio.run(measure(target, headers, n))
+            print(
+                f"{name:28} {r['cold_ms']:9.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} "
+                f"{r['rps']:15.1f}"
+            )
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        if not args.keep and args.database is None:
+            with psycopg.connect(server_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
