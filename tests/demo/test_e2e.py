@@ -160,10 +160,13 @@ def test_demo_fills_every_event_type_fires_and_resolves_alerts_and_the_dashboard
             return {"dashboard", "resolved"} <= set(seen) and len(notices) == 3
 
         try:
-            wait_for(everything, 90, "the demo's incidents to show end to end", interval=1.0)
+            wait_for(everything, 75, "the demo's incidents to show end to end", interval=1.0)
         except AssertionError:
-            last = _try(lambda: get_json(f"{api}/dashboard?days=2", key))
-            missing = nonzero_sections(last) if last else "no dashboard"
+            try:
+                missing: object = nonzero_sections(get_json(f"{api}/dashboard?days=2", key))
+            except (OSError, urllib.error.HTTPError) as exc:
+                body = exc.read().decode() if isinstance(exc, urllib.error.HTTPError) else ""
+                missing = f"dashboard failed: {exc} {body}\n{procs['api'].log()[-2000:]}"
             raise AssertionError(
                 f"seen {sorted(seen)}, notices {seen.get('notices')}, zero: {missing}\n"
                 f"demo log:\n{procs['demo'].log()[-3000:]}"
