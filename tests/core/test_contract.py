@@ -207,7 +207,7 @@ _keys = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.dictionaries(_keys, _field_values, max_size=10))
 def test_hostile_flat_entries_never_raise_and_valid_ones_are_finite(
     fields: dict[str, str],
@@ -230,7 +230,7 @@ _json = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.dictionaries(_keys, _json, max_size=9) | _json, max_size=20))
 def test_hostile_batches_never_raise_and_account_for_every_element(items: list[object]) -> None:
     try:
