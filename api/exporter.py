@@ -222,14 +222,20 @@ class Exporter:
                 acc = closed.totals.setdefault((name, row.key), [0.0, 0.0])
                 acc[0] += row.count
                 acc[1] += row.sum
+        # a day at a time, so the first pass over weeks of sketches stays small in memory
+        day = 86400.0
         for name, by in HISTOGRAM_SOURCES:
-            merged = await store.sketches(conn, None, SeriesFilter(names=(name,)), spans, by=by)
-            for (_, key), agg in merged.items():
-                target = closed.hists.get((name, key))
-                if target is None:
-                    closed.hists[(name, key)] = agg
-                else:
-                    target.merge(agg)
+            chunk_start = lo
+            while chunk_start < boundary:
+                chunk = [store.Span(HOUR, chunk_start, min(boundary, chunk_start + day))]
+                merged = await store.sketches(conn, None, SeriesFilter(names=(name,)), chunk, by=by)
+                for (_, key), agg in merged.items():
+                    target = closed.hists.get((name, key))
+                    if target is None:
+                        closed.hists[(name, key)] = agg
+                    else:
+                        target.merge(agg)
+                chunk_start += day
         closed.upto = boundary
 
     async def _counters(self, conn: Conn, spans: list[store.Span]) -> list[Metric]:

@@ -17,6 +17,7 @@ closed hours are cached in memory (:class:`HourCache`), keyed by their row count
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -391,7 +392,24 @@ async def _fetch_sketches(
     return await cur.fetchall()
 
 
-def _merge_rows(
+MERGE_SLICE = 200
+
+
+async def _merge_rows(
+    rows: Sequence[tuple[Any, ...]],
+    n: int,
+    step: int | None,
+    out: dict[tuple[float | None, tuple[str, ...]], Agg],
+) -> None:
+    """Merge sketch rows into ``out``, yielding to the event loop every ``MERGE_SLICE`` rows
+    so that a large merge (a cold cache, the exporter's first pass) does not stall requests."""
+    for start in range(0, len(rows), MERGE_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        _merge_slice(rows[start : start + MERGE_SLICE], n, step, out)
+
+
+def _merge_slice(
     rows: Iterable[tuple[Any, ...]],
     n: int,
     step: int | None,
@@ -425,13 +443,13 @@ async def sketches(
     n = len(by)
     out: dict[tuple[float | None, tuple[str, ...]], Agg] = {}
     if cache is None:
-        _merge_rows(await _fetch_sketches(conn, flt, spans, by), n, step, out)
+        await _merge_rows(await _fetch_sketches(conn, flt, spans, by), n, step, out)
         return out
     cached, live = _split(spans, time.time() - cache.settle_seconds)
 
     async def fetch(runs: list[Span], width: int) -> dict[float, Any]:
         merged: dict[tuple[float | None, tuple[str, ...]], Agg] = {}
-        _merge_rows(await _fetch_sketches(conn, flt, runs, by), n, width, merged)
+        await _merge_rows(await _fetch_sketches(conn, flt, runs, by), n, width, merged)
         per: dict[float, GroupAggs] = {}
         for (at, key), agg in merged.items():
             assert at is not None
@@ -447,7 +465,7 @@ async def sketches(
                 out[(at, key)] = agg.copy()
             else:
                 target.merge(agg)
-    _merge_rows(await _fetch_sketches(conn, flt, live, by), n, step, out)
+    await _merge_rows(await _fetch_sketches(conn, flt, live, by), n, step, out)
     return out
 
 
@@ -462,7 +480,7 @@ async def distinct_users(
 
     async def fetch(runs: list[Span], width: int) -> dict[float, Any]:
         merged: dict[tuple[float | None, tuple[str, ...]], Agg] = {}
-        _merge_rows(await _fetch_sketches(conn, flt, runs, ()), 0, width, merged)
+        await _merge_rows(await _fetch_sketches(conn, flt, runs, ()), 0, width, merged)
         return {at: {key: agg} for (at, key), agg in merged.items() if at is not None}
 
     union = UserUnion()
@@ -470,7 +488,9 @@ async def distinct_users(
     for groups in (await _per_bucket(cache, shape, cached, fetch)).values():
         for agg in groups.values():
             union.add(agg)
-    for row in await _fetch_sketches(conn, flt, live, ()):
+    for i, row in enumerate(await _fetch_sketches(conn, flt, live, ())):
+        if i and i % MERGE_SLICE == 0:
+            await asyncio.sleep(0)
         union.add(Agg.from_bytes(bytes(row[1])))
     return union.count()
 
