@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import bytewax.operators as op
@@ -137,11 +138,13 @@ def build_flow(
     poll_interval: float = 0.05,
     trim_after: float | None = None,
     stop_at: str | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> Dataflow:
     """The whole dataflow for ``settings``.
 
     ``trim_after``: seconds behind a snapshot after which stream entries are trimmed (None:
-    never trim); ``stop_at``: end after this entry ID (bounded runs, benchmarks).
+    never trim); ``stop_at``: end after this entry ID (bounded runs, benchmarks); ``stopping``:
+    polled by the source, True ends the run gracefully.
     """
     flow = Dataflow("qesmon")
     source = RedisStreamSource(
@@ -156,6 +159,7 @@ def build_flow(
         trim_after=trim_after,
         stats=stats,
         stop_at=stop_at,
+        stopping=stopping,
     )
     reads = op.input("read", flow, source)
     parsed = op.map_value("parse", reads, parse_batch)

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -48,6 +49,18 @@ def prepare_recovery(directory: Path, partitions: int) -> RecoveryConfig:
     return RecoveryConfig(directory)
 
 
+_STOP = threading.Event()
+
+
+def _stop_gracefully(signum: int, frame: FrameType | None) -> None:
+    """First SIGTERM/SIGINT: end the sources, let Bytewax finish the epoch and snapshot.
+    Second one: leave at once (recovery replays from the last snapshot, so nothing is lost)."""
+    if _STOP.is_set():
+        os._exit(128 + signum)
+    _STOP.set()
+    log.info("stopping: finishing the current epoch (signal again to stop at once)")
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -62,11 +75,12 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     recovery = prepare_recovery(recovery_dir, total)
     stats = PipelineStats()
     stats.start_publishing(settings.redis_url, settings.streams.key("health", "pipeline"))
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _stop_gracefully)
+    signal.signal(signal.SIGINT, _stop_gracefully)
     trim_after = settings.stream_trim_after
     if trim_after is None:
         trim_after = 3 * settings.snapshot_interval + 30.0
-    flow = build_flow(settings, stats=stats, trim_after=trim_after)
+    flow = build_flow(settings, stats=stats, trim_after=trim_after, stopping=_STOP.is_set)
     log.info(
         "pipeline reading %s, recovery in %s", ", ".join(settings.streams.metrics), recovery_dir
     )
@@ -79,10 +93,9 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
             epoch_interval=timedelta(seconds=settings.snapshot_interval),
             recovery_config=recovery,
         )
-    except KeyboardInterrupt:
-        log.info("pipeline stopped")
     finally:
         stats.stop()
+    log.info("pipeline stopped")
     return 0
 
 

@@ -1,7 +1,8 @@
 """A resumable, partitioned Bytewax source over the Redis stream shards.
 
-(``stop_at`` makes a partition end after a given entry ID; benchmarks use it to run a
-bounded replay. In production the source never ends.)
+In production the source ends only when ``stopping()`` says so (SIGTERM): Bytewax then
+finishes the epoch, writes its snapshot and returns. ``stop_at`` ends a partition after a given
+entry ID; benchmarks use it for a bounded replay.
 
 One partition per shard (``qes:metrics`` or ``qes:metrics:0..N-1``). Each ``next_batch`` does
 one ``XREAD COUNT`` without ``BLOCK`` (blocking would stall the worker) and hands the whole
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,9 +63,11 @@ class RedisStreamSource(FixedPartitionedSource[tuple[str, ReadBatch], SourceStat
         trim_after: float | None = 60.0,
         stats: PipelineStats | None = None,
         stop_at: str | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.stop_at = stop_at
+        self.stopping = stopping
         self.streams = streams
         self.batch_size = batch_size
         self.poll_interval = poll_interval
@@ -87,6 +91,7 @@ class RedisStreamSource(FixedPartitionedSource[tuple[str, ReadBatch], SourceStat
             trim_after=self.trim_after,
             stats=self.stats,
             stop_at=self.stop_at,
+            stopping=self.stopping,
         )
 
 
@@ -110,8 +115,10 @@ class StreamPartition(StatefulSourcePartition[tuple[str, ReadBatch], SourceState
         trim_after: float | None,
         stats: PipelineStats | None,
         stop_at: str | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         self.client = client
+        self._stopping = stopping
         self._stop_at = _id_key(stop_at) if stop_at else None
         self.stream = stream
         self.last_id = last_id
@@ -134,6 +141,8 @@ class StreamPartition(StatefulSourcePartition[tuple[str, ReadBatch], SourceState
     def next_batch(self) -> list[tuple[str, ReadBatch]]:
         if self._stop_at is not None and _id_key(self.last_id) >= self._stop_at:
             raise StopIteration
+        if self._stopping is not None and self._stopping():
+            raise StopIteration  # a graceful stop: Bytewax finishes the epoch and snapshots
         try:
             reply: Any = self.client.xread({self.stream: self.last_id}, count=self._count)
             self._maybe_report_lag()

@@ -113,7 +113,7 @@ def test_batched_entries_give_the_same_rollups(
     assert wl.compare(expected, settle(psettings, len(expected), running)) == []
 
 
-def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(
+def test_sigkill_and_sigterm_at_random_moments_lose_nothing_and_count_nothing_twice(
     psettings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     work = wl.generate(60000, seed=3, span_s=1800)
@@ -123,11 +123,18 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(
     # trimming as eagerly as it allows: killed runs must never need a trimmed entry
     proc = pipeline(psettings, tmp_path, STREAM_TRIM_AFTER_SECONDS="1")
     progress = []
-    for _ in range(6):
+    health = psettings.streams.key("health", "pipeline")
+    for i in range(8):
         proc.start()
         # let it start (about 0.6 s), read, snapshot and write for a random while
         time.sleep(rng.uniform(0.8, 2.0))
-        proc.kill()
+        if i % 4 == 3:
+            # SIGTERM once it runs (a signal during start-up just ends the process): graceful
+            redis_client.delete(health)
+            wait_for(lambda: redis_client.exists(health), 20, "the pipeline to run")
+            assert proc.stop() == 0, proc.log()
+        else:
+            proc.kill()  # SIGKILL: six crashes
         progress.append(len(wl.fetch_rollups(psettings.database_url)))
     # the kills landed while work was in progress, not before it started or after it ended
     assert any(0 < n < len(expected) for n in progress), progress
