@@ -155,10 +155,10 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     routing = None
     if demo_off is None:
         commands.append(["demo", "--backfill", "7d"])
-        # the notifier reads routing from RULES_DIR only; without any it would tell nobody
+        # the demo routes alerts to its own webhook receiver (the notifier reads routing
+        # from RULES_DIR only, so it gets a directory of its own)
         routing = notifier_rules_dir(settings.rules_dir, Path("var/demo"))
-        if routing is not None:
-            envs["notifier"] = {**env, "RULES_DIR": str(routing)}
+        envs["notifier"] = {**env, "RULES_DIR": str(routing)}
     key = session.create_session_key(settings)
     children: dict[str, subprocess.Popen[bytes]] = {}
     for command in commands:

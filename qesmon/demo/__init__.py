@@ -41,8 +41,9 @@ business-intelligence views have history and live and backfilled windows never s
 hour. It is light on purpose (``--backfill-rate`` 0.05 request events per second of history
 plus the business-time events: ~45,000 events for a week), because the pipeline aggregates
 backfill and live traffic in the same worker and live alerts should not wait. It is skipped
-when the backfill shard already holds entries (a second run would only be counted late). ``--seed`` makes the events the same from run to run (live events depend on
-the tick times as well).
+when the backfill shard already holds entries (a second run would only be counted late).
+``--seed`` makes the events the same from run to run (live events depend on the tick times
+as well).
 
 Modules: :mod:`.platform` (plans, tenants, endpoints), :mod:`.incidents` (the schedule),
 :mod:`.traffic` (the event model, pure), :mod:`.notify` (receiver, webhook channel, routing),

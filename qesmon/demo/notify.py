@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import re
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,25 +35,16 @@ escalation_policies:
 """
 
 
-def _has_routing(directory: Path) -> bool:
-    for path in [*directory.glob("*.yaml"), *directory.glob("*.yml")]:
-        with contextlib.suppress(OSError):
-            text = path.read_text(encoding="utf-8", errors="replace")
-            if re.search(r"^(routing|escalation_policies):", text, re.MULTILINE):
-                return True
-    return False
+def notifier_rules_dir(rules_dir: Path, work_dir: Path) -> Path:
+    """A RULES_DIR for the demo's notifier: the demo's own routing.
 
-
-def notifier_rules_dir(rules_dir: Path, work_dir: Path) -> Path | None:
-    """A RULES_DIR for the demo's notifier, or None when ``rules_dir`` has routing already.
-
-    The notifier reads routing and escalation from RULES_DIR only; without a routing file it
-    tells nobody. ``work_dir/notifier`` gets :data:`NOTIFICATIONS_YAML` (and a link to
+    The demo owns the webhook channel of the private set-up, so it routes every alert there
+    and escalates critical ones after a minute, so that a newcomer sees escalation within the
+    first incident; RULES_DIR's own routing (``rules/notifications.yaml``) applies with
+    ``--no-demo``. ``work_dir/notifier`` gets :data:`NOTIFICATIONS_YAML` (and a link to
     ``rules_dir/templates`` when there is one); the pipeline keeps reading the rules from
     ``rules_dir``.
     """
-    if _has_routing(rules_dir):
-        return None
     target = work_dir / "notifier"
     target.mkdir(parents=True, exist_ok=True)
     (target / "notifications.yaml").write_text(NOTIFICATIONS_YAML, encoding="utf-8")

@@ -82,8 +82,8 @@ def up_banner(
         )
         if routing is not None:
             lines.append(
-                f"  routing    {routing / 'notifications.yaml'} (RULES_DIR {settings.rules_dir} "
-                "has no routing file)"
+                f"  routing    {routing / 'notifications.yaml'} (the demo's; "
+                f"{settings.rules_dir}/notifications.yaml applies with --no-demo)"
             )
     lines.append("  stop       Ctrl-C; then `make stop` stops Redis and PostgreSQL")
     return "\n".join(lines)

@@ -105,7 +105,7 @@ def test_the_demo_claims_the_webhook_channel_only_when_nobody_else_has(
     assert "WEBHOOK_URL" in (claim_webhook(with_env, "http://127.0.0.1:12/notify") or "")
 
 
-def test_the_notifier_gets_demo_routing_only_when_rules_dir_has_none(tmp_path: Path) -> None:
+def test_the_demos_notifier_gets_the_demo_routing(tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "templates").mkdir()
@@ -117,10 +117,11 @@ def test_the_notifier_gets_demo_routing_only_when_rules_dir_has_none(tmp_path: P
     policy = load_policy(target, frozenset(REGISTRY))
     assert policy.routing.channels == ("webhook",)
     assert [lv.after for lv in policy.escalation["demo-critical"].levels] == [0.0, 60.0]
-    assert notifier_rules_dir(rules, tmp_path / "again") is not None  # idempotent
-
+    # RULES_DIR's own routing (rules/notifications.yaml) is for --no-demo; the demo owns the
+    # webhook of the private set-up and routes there
     (rules / "notifications.yaml").write_text("routing:\n  defaults:\n    channels: [slack]\n")
-    assert notifier_rules_dir(rules, tmp_path / "other") is None
+    again = notifier_rules_dir(rules, tmp_path / "again")
+    assert load_policy(again, frozenset(REGISTRY)).routing.channels == ("webhook",)
 
 
 def test_up_runs_the_demo_only_against_the_private_redis(settings: Settings) -> None:
