@@ -9,6 +9,7 @@ the environment; each subcommand's implementation lives in its own package and r
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
@@ -141,6 +142,16 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(command)
 
 
+def _die_with_parent() -> None:
+    """In a child of ``qesmon up``: get SIGTERM when ``qesmon up`` dies, however it dies, so
+    no process is left running on its own (Linux ``PR_SET_PDEATHSIG``; a no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def _up(settings: Settings, args: argparse.Namespace) -> int:
     """Migrate, then run every process as a child until Ctrl-C or until one of them dies
     (the demo may end on its own: the rest keeps running)."""
@@ -163,7 +174,9 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     children: dict[str, subprocess.Popen[bytes]] = {}
     for command in commands:
         children[command[0]] = subprocess.Popen(
-            [sys.executable, "-m", "qesmon", *command], env=envs.get(command[0], env)
+            [sys.executable, "-m", "qesmon", *command],
+            env=envs.get(command[0], env),
+            preexec_fn=_die_with_parent,
         )
     print(session.up_banner(settings, key, demo_off, routing), flush=True)
     stopping = False
