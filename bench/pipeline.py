@@ -43,6 +43,8 @@ from pipeline.health import PipelineStats
 from qesmon.contract import parse_entry
 from qesmon.settings import Settings
 
+EPOCH_SECONDS = 5.0  # Bytewax epoch = snapshot interval (set by --epoch)
+
 
 class BenchStats(PipelineStats):
     """Pipeline stats that also note when the first entry was read and the last row written."""
@@ -146,7 +148,9 @@ def run_pipeline(settings: Settings, stop_at: str, total: int) -> BenchStats:
         init_db_dir(Path(tmp), 1)
         flow = build_flow(settings, stats=stats, stop_at=stop_at)
         run_main(
-            flow, epoch_interval=timedelta(seconds=5), recovery_config=RecoveryConfig(Path(tmp))
+            flow,
+            epoch_interval=timedelta(seconds=EPOCH_SECONDS),
+            recovery_config=RecoveryConfig(Path(tmp)),
         )
     return stats
 
@@ -188,7 +192,9 @@ def live_phase(settings: Settings, rate: int, seconds: float) -> list[float]:
         flow = build_flow(settings, stats=stats, stop_at=f"{stop_ms}-0")
         producer.start()
         run_main(
-            flow, epoch_interval=timedelta(seconds=5), recovery_config=RecoveryConfig(Path(tmp))
+            flow,
+            epoch_interval=timedelta(seconds=EPOCH_SECONDS),
+            recovery_config=RecoveryConfig(Path(tmp)),
         )
     client.close()
     return stats.close_delays
@@ -200,7 +206,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="events per entry (0 = one)")
     parser.add_argument("--live-rate", type=int, default=20_000)
     parser.add_argument("--no-live", action="store_true")
+    parser.add_argument("--epoch", type=float, default=5.0, help="snapshot interval, seconds")
     args = parser.parse_args()
+    global EPOCH_SECONDS
+    EPOCH_SECONDS = args.epoch
     base = Settings.from_env(os.environ)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     with scratch_database(base.database_url) as url:

@@ -56,6 +56,7 @@ _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.-]*")
 _TRUE = frozenset(("true", "1", "yes", "True", "TRUE"))
 _FALSE = frozenset(("false", "0", "no", "False", "FALSE"))
+_TRUE_FALSE = _TRUE | _FALSE
 _EMPTY: tuple[tuple[str, str], ...] = ()
 # Names and label sets repeat endlessly; remembering the ones already validated makes the
 # parser several times faster. Bounded: cleared when full.
@@ -234,7 +235,103 @@ def _parse_id(field: str, raw: object) -> str | None:
     return raw
 
 
+def _fast_event(obj: Mapping[str, Any], default_ts: float) -> Event | None:
+    """The common case, decided with cheap checks against values already validated once.
+
+    Returns None whenever anything is new or unusual; :func:`_parse_event` then runs the full
+    checks (which also say precisely what is wrong, and remember what was right).
+    """
+    if len(obj) > len(FIELDS) or not FIELDS.issuperset(obj):
+        return None
+    get = obj.get
+    name = get("name")
+    if name.__class__ is not str or name not in _good_names:
+        return None
+    value: Any = get("value")
+    cls = value.__class__
+    if cls is str:
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    elif cls is int:
+        try:
+            value = float(value)
+        except OverflowError:
+            return None
+    elif cls is not float:
+        return None
+    if value - value != 0.0:  # inf or nan
+        return None
+    version = get("v")
+    if version is not None and version != "1" and version != 1:
+        return None
+    raw_type = get("type")
+    mtype = (
+        "custom"
+        if raw_type is None
+        else _TYPES.get(raw_type)
+        if raw_type.__class__ is str
+        else None
+    )
+    if mtype is None:
+        return None
+    raw_success = get("success")
+    if raw_success is None or raw_success is True:
+        success = True
+    elif raw_success is False:
+        success = False
+    elif raw_success.__class__ is str and raw_success in _TRUE_FALSE:
+        success = raw_success in _TRUE
+    else:
+        return None
+    ts: Any = get("ts")
+    if ts is None:
+        ts = default_ts
+    else:
+        cls = ts.__class__
+        if cls is str:
+            try:
+                ts = float(ts)
+            except ValueError:
+                return None
+        elif cls is int:
+            ts = float(ts)
+        elif cls is not float:
+            return None
+        if not MIN_TS <= ts <= default_ts + MAX_FUTURE_SECONDS:  # also false for nan
+            return None
+    tenant = get("tenant")
+    if tenant is None:
+        tenant = ""
+    elif tenant.__class__ is not str or (tenant and tenant not in _good_ids):
+        return None
+    user = get("user")
+    if user == "":
+        user = None
+    elif user is not None and (user.__class__ is not str or user not in _good_ids):
+        return None
+    raw_labels = get("labels")
+    if raw_labels is None:
+        labels: tuple[tuple[str, str], ...] | None = _EMPTY
+    elif raw_labels.__class__ is str:
+        labels = _good_labels.get(raw_labels) if raw_labels else _EMPTY
+    elif raw_labels.__class__ is dict:
+        try:
+            labels = _good_label_items.get(tuple(raw_labels.items()))
+        except TypeError:
+            return None
+    else:
+        return None
+    if labels is None:
+        return None
+    return Event(name, value, mtype, ts, tenant, user, labels, success)
+
+
 def _parse_event(obj: Mapping[str, Any], default_ts: float) -> Event:
+    fast = _fast_event(obj, default_ts)
+    if fast is not None:
+        return fast
     if len(obj) > len(FIELDS) or not FIELDS.issuperset(obj):
         unknown = sorted(set(obj) - FIELDS)
         raise _Invalid(f"unknown field {unknown[0][:50]!r} (allowed: {', '.join(sorted(FIELDS))})")
