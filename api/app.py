@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -126,7 +128,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.open(wait=False)
     app[POOL] = pool
     yield
-    await pool.close()
+    await pool.close(timeout=1.0)
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -205,14 +207,47 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await runner.cleanup()
 
 
+SHUTDOWN_GRACE = 4.0
+
+
+def _exit_if_stuck(grace: float) -> None:
+    """Leave the process after ``grace`` s even when the clean stop hangs.
+
+    A clean stop waits for background tasks, and psycopg and the pool can each wait for a
+    server that is gone; a daemon timer makes SIGTERM final whatever they do (a second
+    SIGTERM or SIGINT leaves at once).
+    """
+
+    def leave() -> None:
+        log.error("clean stop took more than %.0f s; exiting now", grace)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(grace, leave)
+    timer.daemon = True
+    timer.start()
+
+
 def main(settings: Settings) -> int:
-    """``qesmon api``: serve until SIGTERM or SIGINT, then close everything and return 0."""
+    """``qesmon api``: serve until SIGTERM or SIGINT, then close everything and return 0.
+
+    The stop is bounded: after :data:`SHUTDOWN_GRACE` s (a database that vanished can hold
+    connections and tasks), or on a second signal, the process exits anyway.
+    """
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                log.error("second stop signal; exiting now")
+                os._exit(1)
+            stop.set()
+            _exit_if_stuck(SHUTDOWN_GRACE)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         await serve(settings, stop)
 
     asyncio.run(run())

@@ -55,6 +55,7 @@ from qesmon.sketch import Agg
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 5.0
+MAX_BACKOFF_SECONDS = 60.0
 SLOW_REFRESH_SECONDS = 60.0
 ERROR_RATE_WINDOW = 300.0
 GAUGE_LOOKBACK = 900.0
@@ -146,18 +147,23 @@ class Exporter:
         psycopg turns a cancellation in the middle of a query into an error, so stopping
         is signalled with ``stop`` rather than by cancelling the task.
         """
+        failures = 0
         while not stop.is_set():
             try:
                 await self.refresh()
+                failures = 0
             except Exception as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from exc
                 self.refresh_errors += 1
+                failures += 1
                 log.warning("exporter refresh failed: %s: %s", type(exc).__name__, exc)
             self.ready.set()
+            # an outage backs off (5, 10, 20, 40, 60 s ...) instead of retrying at full pace
+            pause = min(MAX_BACKOFF_SECONDS, REFRESH_SECONDS * 2 ** max(0, failures - 1))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), REFRESH_SECONDS)
+                await asyncio.wait_for(stop.wait(), pause)
 
     async def refresh(self) -> None:
         """Rebuild the snapshot (one refresh at a time: the closed-hour totals accumulate)."""
@@ -461,7 +467,7 @@ class Exporter:
         return out
 
 
-async def stop_task(task: asyncio.Task[None], grace: float = 5.0) -> None:
+async def stop_task(task: asyncio.Task[None], grace: float = 1.0) -> None:
     """Wait for a background task that was told to stop; cancel it after ``grace`` s."""
     try:
         await asyncio.wait_for(asyncio.shield(task), grace)

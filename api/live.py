@@ -409,7 +409,7 @@ class LiveHub:
                 task.cancel()
         for task in tasks:
             try:
-                await stop_task(task, grace=5.0)
+                await stop_task(task, grace=2.0)
             except asyncio.CancelledError:
                 pass
             except Exception:
@@ -533,7 +533,14 @@ class LiveHub:
                             log.warning("live: skipping alert entry %s: %s", last, exc)
                             continue
                         self.state.apply_transition(transition, time.time())
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+            except (
+                redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError,
+                OSError,
+                PoolTimeout,
+                psycopg.OperationalError,
+            ) as e:
+                # the resync reads the database: an outage there must not end this task
                 log.warning("live: reading %s failed (%s); retrying", stream, e)
                 last = None
                 await self._pause(self.config.reconnect_backoff)
@@ -564,6 +571,7 @@ class LiveHub:
     async def _db_loop(self) -> None:
         """Closed revenue of today and the alert table, re-read on their own clocks."""
         next_revenue = next_alerts = 0.0
+        backoff = self.config.reconnect_backoff
         while not self.stop.is_set():
             now = time.monotonic()
             try:
@@ -573,8 +581,14 @@ class LiveHub:
                 if now >= next_alerts:
                     await self._resync_alerts()
                     next_alerts = now + self.config.alert_resync
+                backoff = self.config.reconnect_backoff
             except (PoolTimeout, psycopg.OperationalError) as exc:
-                log.warning("live: database unavailable (%s); retrying", exc)
+                # an error can come back at once (a closed pool, a dropped database): back off
+                # exponentially rather than retrying every 50 ms
+                log.warning("live: database unavailable (%s); retrying in %.1f s", exc, backoff)
+                await self._pause(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
             await self._pause(min(next_revenue, next_alerts) - time.monotonic())
 
     async def _pause(self, seconds: float) -> None:

@@ -6,7 +6,7 @@ pipeline's own RollupWriter writes them), starts ``qesmon api`` as a separate pr
 measures, per endpoint: the first (cold) request, p50/p99 of sequential requests, and
 requests/s with 8 concurrent clients. Targets: dashboard p99 < 100 ms, scrape < 50 ms.
 
-    . var/env.sh && .venv/bin/python bench/api.py [--requests 200]
+    . var/env.sh && .venv/bin/python bench/api.py [--requests 200] [--database NAME]
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import math
 import os
-import platform
 import random
 import socket
 import statistics
@@ -33,8 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from api.keys import create_key_sync  # noqa: E402
+from bench._machine import machine  # noqa: E402
+from bench._scratch import scratch_database  # noqa: E402
 from pipeline.sinks import RollupWriter  # noqa: E402
-from qesmon.migrate import apply_migrations  # noqa: E402
 from qesmon.series import Series, WindowResult  # noqa: E402
 from qesmon.sketch import Agg  # noqa: E402
 
@@ -177,41 +177,22 @@ async def measure(url: str, headers: dict[str, str], n: int) -> dict[str, float]
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--keep", action="store_true", help="keep the database (prints its name)")
-    parser.add_argument("--database", default=None, help="reuse a database kept earlier")
-    args = parser.parse_args()
-    server_url = os.environ["DATABASE_URL"]
-    dbname = args.database or f"qesmon_bench_{uuid.uuid4().hex[:8]}"
-    url = urlunsplit(urlsplit(server_url)._replace(path="/" + dbname))
-    if args.database is None:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')
-    proc = None
+def run_api(url: str, args: argparse.Namespace) -> None:
+    """Start ``qesmon api`` on ``url``'s database and measure every target."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        key = create_key_sync(conn, role="admin", name="bench")
+    api_port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "API_PORT": str(api_port),
+        "PROMETHEUS_METRICS_PORT": str(metrics_port),
+        "RESOURCE_MONITOR": "false",
+        "QESMON_KEY_PREFIX": f"bench{uuid.uuid4().hex[:6]}",
+        "LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "qesmon", "api"], env=env, cwd=ROOT)
     try:
-        if args.database is None:
-            apply_migrations(url)
-            t = time.perf_counter()
-            rows = load(url, time.time())
-            print(
-                f"loaded {rows:,} rollup rows for 1,000 series in "
-                f"{time.perf_counter() - t:.1f} s into {dbname}"
-            )
-        with psycopg.connect(url, autocommit=True) as conn:
-            key = create_key_sync(conn, role="admin", name="bench")
-        api_port, metrics_port = free_port(), free_port()
-        env = {
-            **os.environ,
-            "DATABASE_URL": url,
-            "API_PORT": str(api_port),
-            "PROMETHEUS_METRICS_PORT": str(metrics_port),
-            "RESOURCE_MONITOR": "false",
-            "QESMON_KEY_PREFIX": f"bench{uuid.uuid4().hex[:6]}",
-            "LOG_LEVEL": "WARNING",
-        }
-        proc = subprocess.Popen([sys.executable, "-m", "qesmon", "api"], env=env, cwd=ROOT)
         base = f"http://127.0.0.1:{api_port}"
         deadline = time.monotonic() + 60
         while True:
@@ -222,6 +203,7 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+        print(f"API pid {proc.pid}", flush=True)
         headers = {"Authorization": f"Bearer {key}"}
         targets = [
             ("dashboard 7d", f"{base}/api/v1/metrics/dashboard?days=7"),
@@ -233,18 +215,7 @@ def main() -> int:
             ("performance 24h", f"{base}/api/v1/metrics/performance?hours=24"),
             ("exporter scrape", f"http://127.0.0.1:{metrics_port}/metrics"),
         ]
-        cpu = next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        print(
-            f"machine: {os.cpu_count()} CPUs, {cpu}; shared and loaded by other work, "
-            "Redis/TimescaleDB/API on the same box"
-        )
+        print(machine("Redis, TimescaleDB and the API process on the same box"))
         print(f"{'endpoint':28} {'cold ms':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s (8 conc)':>15}")
         for name, target in targets:
             n = (
@@ -255,15 +226,33 @@ def main() -> int:
             r = asyncio.run(measure(target, headers, n))
             print(
                 f"{name:28} {r['cold_ms']:9.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} "
-                f"{r['rps']:15.1f}"
+                f"{r['rps']:15.1f}",
+                flush=True,
             )
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
-        if not args.keep and args.database is None:
-            with psycopg.connect(server_url, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument(
+        "--database",
+        default=None,
+        help="measure an already loaded database of this name on DATABASE_URL's server (kept); "
+        "by default a throw-away database is created, loaded and dropped",
+    )
+    args = parser.parse_args()
+    server_url = os.environ["DATABASE_URL"]
+    if args.database is not None:
+        run_api(urlunsplit(urlsplit(server_url)._replace(path="/" + args.database)), args)
+        return 0
+    with scratch_database(server_url) as url:
+        t = time.perf_counter()
+        rows = load(url, time.time())
+        print(f"loaded {rows:,} rollup rows for 1,000 series in {time.perf_counter() - t:.1f} s")
+        run_api(url, args)
     return 0
 
 
