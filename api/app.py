@@ -30,6 +30,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from api.auth import KeyCache
+from api.respcache import ReportCache
 from api.store import HourCache
 from qesmon.errors import ApiError
 from qesmon.settings import Settings
@@ -44,6 +45,7 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 HOURS = web.AppKey("hour_cache", HourCache)
 KEYS = web.AppKey("key_cache", KeyCache)
+REPORTS = web.AppKey("report_cache", ReportCache)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -147,6 +149,14 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
+async def _reports_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Finished report documents (single flight, a few seconds old at most; api/respcache)."""
+    cache = ReportCache()
+    app[REPORTS] = cache
+    yield
+    await cache.close()
+
+
 async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
     from api.exporter import stop_task
     from qesmon.monitor import ResourceMonitor
@@ -171,7 +181,7 @@ def create_app(settings: Settings, *, monitor: bool | None = None) -> web.Applic
     app[SETTINGS] = settings
     app[HOURS] = HourCache(settle_seconds=settings.allowed_lateness + 120.0)
     app[KEYS] = KeyCache()
-    app.cleanup_ctx.extend([_pool_ctx, _redis_ctx, _http_ctx, exporter_ctx])
+    app.cleanup_ctx.extend([_pool_ctx, _redis_ctx, _http_ctx, _reports_ctx, exporter_ctx])
     if settings.resource_monitor if monitor is None else monitor:
         app.cleanup_ctx.append(_monitor_ctx)
     app.cleanup_ctx.append(live_ctx)

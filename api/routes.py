@@ -17,7 +17,7 @@ from aiohttp import web
 
 from api import alerts as alert_store
 from api import business, dashboard, health, params, performance
-from api.app import HOURS, HTTP, KEYS, POOL, REDIS, SETTINGS
+from api.app import HOURS, HTTP, KEYS, POOL, REDIS, REPORTS, SETTINGS
 from api.auth import authenticate, authorize, scoped_tenant
 from api.keys import Principal
 from api.openapi import document
@@ -75,22 +75,30 @@ async def _body(request: web.Request) -> dict[str, Any]:
 # -- reports -------------------------------------------------------------------------------
 
 
+def _document(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
+
+
 async def get_dashboard(request: web.Request) -> web.StreamResponse:
     q = request.query
     params.only_known(q, ("days", "tenant_id"))
     days = params.integer(q, "days", 7, 1, 365)
     tenant = scoped_tenant(_principal(request), params.text(q, "tenant_id"))
     app = request.app
-    async with app[POOL].connection() as conn:
-        data = await dashboard.build(
-            conn,
-            app[HOURS],
-            tenant=tenant,
-            days=days,
-            now=time.time(),
-            slow_threshold=app[SETTINGS].slow_request_threshold,
-        )
-    return _json(data)
+
+    async def compute() -> bytes:
+        async with app[POOL].connection() as conn:
+            data = await dashboard.build(
+                conn,
+                app[HOURS],
+                tenant=tenant,
+                days=days,
+                now=time.time(),
+                slow_threshold=app[SETTINGS].slow_request_threshold,
+            )
+        return orjson.dumps(data)
+
+    return _document(await app[REPORTS].get(("dashboard", tenant, days), compute))
 
 
 async def get_business_intelligence(request: web.Request) -> web.StreamResponse:
@@ -98,11 +106,14 @@ async def get_business_intelligence(request: web.Request) -> web.StreamResponse:
     params.only_known(q, ("days", "tenant_id"))
     days = params.integer(q, "days", 30, 1, 365)
     tenant = scoped_tenant(_principal(request), params.text(q, "tenant_id"))
-    async with request.app[POOL].connection() as conn:
-        data = await business.build(
-            conn, request.app[HOURS], tenant=tenant, days=days, now=time.time()
-        )
-    return _json(data)
+    app = request.app
+
+    async def compute() -> bytes:
+        async with app[POOL].connection() as conn:
+            data = await business.build(conn, app[HOURS], tenant=tenant, days=days, now=time.time())
+        return orjson.dumps(data)
+
+    return _document(await app[REPORTS].get(("business", tenant, days), compute))
 
 
 async def get_performance(request: web.Request) -> web.StreamResponse:
@@ -111,16 +122,20 @@ async def get_performance(request: web.Request) -> web.StreamResponse:
     hours = params.integer(q, "hours", 24, 1, 24 * 31)
     tenant = scoped_tenant(_principal(request), params.text(q, "tenant_id"))
     app = request.app
-    async with app[POOL].connection() as conn:
-        data = await performance.build(
-            conn,
-            app[HOURS],
-            tenant=tenant,
-            hours=hours,
-            now=time.time(),
-            slow_threshold=app[SETTINGS].slow_request_threshold,
-        )
-    return _json(data)
+
+    async def compute() -> bytes:
+        async with app[POOL].connection() as conn:
+            data = await performance.build(
+                conn,
+                app[HOURS],
+                tenant=tenant,
+                hours=hours,
+                now=time.time(),
+                slow_threshold=app[SETTINGS].slow_request_threshold,
+            )
+        return orjson.dumps(data)
+
+    return _document(await app[REPORTS].get(("performance", tenant, hours), compute))
 
 
 # -- recording -----------------------------------------------------------------------------

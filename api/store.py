@@ -401,12 +401,15 @@ async def _merge_rows(
     step: int | None,
     out: dict[tuple[float | None, tuple[str, ...]], Agg],
 ) -> None:
-    """Merge sketch rows into ``out``, yielding to the event loop every ``MERGE_SLICE`` rows
-    so that a large merge (a cold cache, the exporter's first pass) does not stall requests."""
-    for start in range(0, len(rows), MERGE_SLICE):
-        if start:
-            await asyncio.sleep(0)
-        _merge_slice(rows[start : start + MERGE_SLICE], n, step, out)
+    """Merge sketch rows into ``out``; a large merge (a cold cache, the exporter's first pass,
+    its user counts) runs in a worker thread so that the event loop keeps answering requests.
+
+    ``out`` belongs to the caller, which awaits this, so nothing else touches it meanwhile.
+    """
+    if len(rows) <= MERGE_SLICE:
+        _merge_slice(rows, n, step, out)
+        return
+    await asyncio.to_thread(_merge_slice, rows, n, step, out)
 
 
 def _merge_slice(
