@@ -210,8 +210,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             settings.api_host,
             settings.prometheus_metrics_port,
         )
+        warm = asyncio.create_task(_warm(app), name="warm-up")
         await stop.wait()
         log.info("stopping")
+        warm.cancel()
     finally:
         await exporter.cleanup()
         await runner.cleanup()
@@ -236,6 +238,19 @@ def _exit_if_stuck(grace: float) -> None:
     timer = threading.Timer(grace, leave)
     timer.daemon = True
     timer.start()
+
+
+async def _warm(app: web.Application) -> None:
+    """Compute the default dashboard once in the background, so the first reader finds the
+    merged hours cached (only in a served process: a test's app starts before its data)."""
+    from api.routes import dashboard_document
+
+    try:
+        await dashboard_document(app, None, 7)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("warm-up of the dashboard failed: %s: %s", type(exc).__name__, exc)
 
 
 def main(settings: Settings) -> int:

@@ -4,7 +4,7 @@ A report (dashboard, business intelligence, performance) reads weeks of rollups 
 sketches: tens to hundreds of milliseconds of work whose answer changes only as windows close.
 :class:`ReportCache` keeps each finished document per key (endpoint, tenant, period):
 
-- younger than ``fresh`` seconds: served as is;
+- younger than ``fresh`` seconds (since it was finished): served as is;
 - older, but younger than ``stale``: served at once while one background task recomputes it
   (stale-while-revalidate), so a reader never waits for a recomputation it did not need;
 - older than ``stale``, or absent: computed now; concurrent requests for the same key share
@@ -64,7 +64,6 @@ class ReportCache:
 
     def _start(self, key: tuple[Any, ...], compute: Compute) -> asyncio.Task[bytes]:
         async def run() -> bytes:
-            started = time.monotonic()
             try:
                 body = await compute()
             finally:
@@ -72,7 +71,7 @@ class ReportCache:
             if len(self.entries) >= self.max_entries:
                 for old in list(self.entries)[: self.max_entries // 10]:
                     del self.entries[old]
-            self.entries[key] = (started, body)
+            self.entries[key] = (time.monotonic(), body)
             return body
 
         task = asyncio.create_task(run(), name=f"report-{key[0]}")

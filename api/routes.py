@@ -84,7 +84,11 @@ async def get_dashboard(request: web.Request) -> web.StreamResponse:
     params.only_known(q, ("days", "tenant_id"))
     days = params.integer(q, "days", 7, 1, 365)
     tenant = scoped_tenant(_principal(request), params.text(q, "tenant_id"))
-    app = request.app
+    return _document(await dashboard_document(request.app, tenant, days))
+
+
+async def dashboard_document(app: web.Application, tenant: str | None, days: int) -> bytes:
+    """The dashboard as JSON bytes, from the report cache (computed once when missing)."""
 
     async def compute() -> bytes:
         async with app[POOL].connection() as conn:
@@ -98,7 +102,7 @@ async def get_dashboard(request: web.Request) -> web.StreamResponse:
             )
         return orjson.dumps(data)
 
-    return _document(await app[REPORTS].get(("dashboard", tenant, days), compute))
+    return await app[REPORTS].get(("dashboard", tenant, days), compute)
 
 
 async def get_business_intelligence(request: web.Request) -> web.StreamResponse:
