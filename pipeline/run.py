@@ -80,7 +80,14 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     trim_after = settings.stream_trim_after
     if trim_after is None:
         trim_after = 3 * settings.snapshot_interval + 30.0
-    flow = build_flow(settings, stats=stats, trim_after=trim_after, stopping=_STOP.is_set)
+    flow = build_flow(
+        settings,
+        stats=stats,
+        trim_after=trim_after,
+        stopping=_STOP.is_set,
+        # the read-ahead brake needs the window step in this process
+        max_inflight=None if addresses else 100_000,
+    )
     log.info(
         "pipeline reading %s, recovery in %s", ", ".join(settings.streams.metrics), recovery_dir
     )

@@ -18,6 +18,7 @@ resume before it — are trimmed with ``XTRIM MINID``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -45,6 +46,34 @@ class ReadBatch:
     entries: list[Entry]
     read_at: float
     caught_up: bool
+    weight: int = 0  # estimated events, for :class:`InFlight`
+
+
+class InFlight:
+    """Events read but not yet windowed, per process: the source's brake.
+
+    Bytewax applies backpressure only at epoch ends, so within an epoch the source would read
+    the whole backlog into memory ahead of the window step. The source waits while more than
+    ``limit`` events are in flight; the window step reports what it finished. Only valid when
+    the window step runs in the same process as the source (one process, any number of
+    worker threads): :func:`pipeline.dataflow.build_flow` leaves it out for clusters.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._events = 0
+
+    def add(self, events: int) -> None:
+        with self._lock:
+            self._events += events
+
+    def done(self, events: int) -> None:
+        with self._lock:
+            self._events -= events
+
+    def full(self) -> bool:
+        return self._events > self.limit
 
 
 SourceState = tuple[str, int]  # (last_id, entries_read)
@@ -64,10 +93,12 @@ class RedisStreamSource(FixedPartitionedSource[tuple[str, ReadBatch], SourceStat
         stats: PipelineStats | None = None,
         stop_at: str | None = None,
         stopping: Callable[[], bool] | None = None,
+        inflight: InFlight | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.stop_at = stop_at
         self.stopping = stopping
+        self.inflight = inflight
         self.streams = streams
         self.batch_size = batch_size
         self.poll_interval = poll_interval
@@ -92,6 +123,7 @@ class RedisStreamSource(FixedPartitionedSource[tuple[str, ReadBatch], SourceStat
             stats=self.stats,
             stop_at=self.stop_at,
             stopping=self.stopping,
+            inflight=self.inflight,
         )
 
 
@@ -116,9 +148,12 @@ class StreamPartition(StatefulSourcePartition[tuple[str, ReadBatch], SourceState
         stats: PipelineStats | None,
         stop_at: str | None = None,
         stopping: Callable[[], bool] | None = None,
+        inflight: InFlight | None = None,
     ) -> None:
         self.client = client
         self._stopping = stopping
+        self._inflight = inflight
+        self._per_entry = 1
         self._stop_at = _id_key(stop_at) if stop_at else None
         self.stream = stream
         self.last_id = last_id
@@ -126,7 +161,8 @@ class StreamPartition(StatefulSourcePartition[tuple[str, ReadBatch], SourceState
         self.batch_size = batch_size
         # entries per XREAD: batch_size for one-event entries, fewer for `events` batches so
         # that one read holds about TARGET_EVENTS events (memory and latency stay bounded)
-        self._count = batch_size
+        # start small: the first read cannot know how many events an entry holds
+        self._count = max(1, min(batch_size, TARGET_EVENTS // 1000))
         self.poll_interval = poll_interval
         self.trim_after = trim_after
         self.stats = stats
@@ -143,6 +179,10 @@ class StreamPartition(StatefulSourcePartition[tuple[str, ReadBatch], SourceState
             raise StopIteration
         if self._stopping is not None and self._stopping():
             raise StopIteration  # a graceful stop: Bytewax finishes the epoch and snapshots
+        if self._inflight is not None and self._inflight.full():
+            # the window step is behind: give it the CPU; no item, so nothing looks "idle"
+            self._awake = datetime.now(UTC) + timedelta(milliseconds=2)
+            return []
         try:
             reply: Any = self.client.xread({self.stream: self.last_id}, count=self._count)
             self._maybe_report_lag()
@@ -169,11 +209,15 @@ class StreamPartition(StatefulSourcePartition[tuple[str, ReadBatch], SourceState
         self.entries_read += len(entries)
         if self.stats is not None:
             self.stats.incr("entries_total", len(entries))
-        return [(self.stream, ReadBatch(self.stream, entries, now, caught_up))]
+        weight = len(entries) * self._per_entry
+        if self._inflight is not None:
+            self._inflight.add(weight)
+        return [(self.stream, ReadBatch(self.stream, entries, now, caught_up, weight))]
 
     def _adapt_count(self, entries: list[Entry]) -> None:
         sample = entries[-1][1].get("events")
         per_entry = max(1, len(sample) // BYTES_PER_EVENT) if sample else 1
+        self._per_entry = per_entry
         self._count = max(1, min(self.batch_size, TARGET_EVENTS // per_entry))
 
     def next_awake(self) -> datetime | None:
