@@ -70,7 +70,8 @@ class Receiver:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, handle_signals=False)
+        # a "hang" answer must not hold the test up at clean-up
+        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
