@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import random
 import statistics
@@ -143,6 +144,7 @@ def bare_loop(redis_url: str, stream: str, count: int) -> tuple[float, int]:
 
 
 def run_pipeline(settings: Settings, stop_at: str, total: int) -> BenchStats:
+    gc.set_threshold(100_000, 50, 100)  # as `qesmon pipeline` does (pipeline/run.py)
     stats = BenchStats(total)
     with tempfile.TemporaryDirectory() as tmp:
         init_db_dir(Path(tmp), 1)

@@ -10,6 +10,7 @@ they are; ``-p N`` starts N local processes on localhost ports 2101.. as one clu
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import shutil
@@ -75,6 +76,9 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     recovery = prepare_recovery(recovery_dir, total)
     stats = PipelineStats()
     stats.start_publishing(settings.redis_url, settings.streams.key("health", "pipeline"))
+    # Parsing allocates millions of short-lived objects per second; the default collection
+    # thresholds (700 allocations) made the collector a fifth of the pipeline's time.
+    gc.set_threshold(100_000, 50, 100)
     signal.signal(signal.SIGTERM, _stop_gracefully)
     signal.signal(signal.SIGINT, _stop_gracefully)
     trim_after = settings.stream_trim_after
