@@ -29,7 +29,7 @@ from pipeline.live import LivePublisher
 from pipeline.sinks import DeadLetter, DeadLetterSink, RollupSink
 from pipeline.source import InFlight, ReadBatch, RedisStreamSource
 from pipeline.windows import ShardWindows
-from qesmon.contract import Event, encode_event, entry_time, event_dict, parse_entry
+from qesmon.contract import Event, entry_time, event_fields, parse_entry
 from qesmon.series import ROLLUP_WIDTHS, WindowResult
 from qesmon.settings import Settings
 
@@ -105,18 +105,7 @@ class WindowLogic(StatefulLogic[ReadBatch, WindowOutput, bytes]):
         dead = value.dead
         for item in late:
             e = item.event
-            fields = encode_event(
-                event_dict(
-                    e.name,
-                    e.value,
-                    type=e.type,
-                    ts=e.ts,
-                    tenant=e.tenant,
-                    user=e.user,
-                    labels=dict(e.labels),
-                    success=e.success,
-                )
-            )
+            fields = event_fields(e)
             dead.append(
                 DeadLetter(
                     item.source_id,

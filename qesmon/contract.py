@@ -501,6 +501,22 @@ def encode_event(event: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def event_fields(event: Event) -> dict[str, str]:
+    """Flat string fields of a parsed event (what a dead letter of a late event keeps)."""
+    return encode_event(
+        event_dict(
+            event.name,
+            event.value,
+            type=event.type,
+            ts=event.ts,
+            tenant=event.tenant,
+            user=event.user,
+            labels=dict(event.labels),
+            success=event.success,
+        )
+    )
+
+
 def encode_batch(events: Iterable[Mapping[str, Any]]) -> dict[str, bytes]:
     """One ``events`` entry holding many event objects (at most MAX_BATCH)."""
     return {"events": orjson.dumps(list(events))}
