@@ -52,13 +52,15 @@ class OutboxRow:
     created_at: float
 
 
+def _stamp(value: Any) -> str | None:
+    """A timestamp column as ISO text (None stays None)."""
+    return None if value is None else iso(value.timestamp())
+
+
 def alert_context(
     row: Mapping[str, Any], *, state: str, at: float, level: int = 0, by: str = ""
 ) -> dict[str, Any]:
     """The snapshot of an alert the templates and wire formats read (stored in the outbox)."""
-
-    def stamp(value: Any) -> str | None:
-        return None if value is None else iso(value.timestamp())
 
     return {
         "alert_id": row["id"],
@@ -71,9 +73,9 @@ def alert_context(
         "tenant": row["tenant_id"],
         "labels": dict(row["labels"] or {}),
         "annotations": dict(row["annotations"] or {}),
-        "started_at": stamp(row["started_at"]),
-        "fired_at": stamp(row["fired_at"]),
-        "resolved_at": stamp(row["resolved_at"]),
+        "started_at": _stamp(row["started_at"]),
+        "fired_at": _stamp(row["fired_at"]),
+        "resolved_at": _stamp(row["resolved_at"]),
         "at": iso(at),
         "level": level,
         "by": by,
@@ -525,17 +527,14 @@ async def manual_resolve(
 
 
 def _summary(alert: Mapping[str, Any], *, stopped: int, notified: list[str]) -> dict[str, Any]:
-    def stamp(value: Any) -> str | None:
-        return None if value is None else iso(value.timestamp())
-
     return {
         "id": alert["id"],
         "fingerprint": alert["fingerprint"],
         "rule_id": alert["rule_id"],
         "state": alert["state"],
-        "acknowledged_at": stamp(alert["acknowledged_at"]),
+        "acknowledged_at": _stamp(alert["acknowledged_at"]),
         "acknowledged_by": alert["acknowledged_by"],
-        "resolved_at": stamp(alert["resolved_at"]),
+        "resolved_at": _stamp(alert["resolved_at"]),
         "escalation_stopped": stopped,
         "notified": notified,
     }

@@ -19,15 +19,6 @@ import redis
 
 log = logging.getLogger(__name__)
 
-COUNTERS = (
-    "events_total",
-    "entries_total",
-    "dead_letters_total",
-    "late_events_total",
-    "sink_rows_total",
-    "rule_errors_total",
-)
-
 
 class PipelineStats:
     """Thread-safe counters and gauges of one pipeline process.

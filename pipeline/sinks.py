@@ -26,6 +26,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from pipeline.health import PipelineStats
 from qesmon.db import connect
+from qesmon.retry import retry_forever
 from qesmon.series import Series, WindowResult
 
 log = logging.getLogger(__name__)
@@ -74,33 +75,6 @@ RETURNING id
 """
 
 
-def retry_forever(
-    what: str, action: Callable[[], None], on_error: Callable[[], None], max_delay: float = 10.0
-) -> None:
-    """Run ``action`` until it succeeds, backing off exponentially on connection errors."""
-    delay = 0.2
-    while True:
-        try:
-            action()
-            return
-        except (
-            psycopg.OperationalError,
-            psycopg.InterfaceError,
-            redis.ConnectionError,
-            redis.TimeoutError,
-            OSError,
-        ) as exc:
-            log.warning(
-                "%s failed (%s); retrying in %.1f s",
-                what,
-                str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
-                delay,
-            )
-            on_error()
-            time.sleep(delay)
-            delay = min(delay * 2, max_delay)
-
-
 class RollupWriter:
     """Idempotent batch writer of window results into ``metric_rollups``."""
 
@@ -127,7 +101,7 @@ class RollupWriter:
             return
         batch = list(latest.values())
         started = time.perf_counter()
-        retry_forever("writing rollups", lambda: self._write(batch), self._reset)
+        retry_forever("database", lambda: self._write(batch), self._reset, doing=" writing rollups")
         done = time.time()
         if self.stats is not None:
             self.stats.incr("sink_rows_total", len(batch))
@@ -234,7 +208,7 @@ class DeadLetterWriter:
                 pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
             pipe.execute()
 
-        retry_forever("writing dead letters", push, lambda: None)
+        retry_forever("redis", push, lambda: None, doing=" writing dead letters")
 
     def close(self) -> None:
         self.client.close()

@@ -198,22 +198,6 @@ class ShardWindows:
         elif got_data or self.idle_since is None:
             self.idle_since = read_at
 
-    def next_deadline(self) -> float | None:
-        """The watermark value at which something will next close, emit or be dropped."""
-        candidates = [min(self.base.to_emit, default=math.inf)]
-        candidates.append(min(self.base.to_drop, default=math.inf) + self.lateness)
-        for level in self.uppers:
-            candidates.append(min(level.to_emit, default=math.inf))
-            candidates.append(min(level.to_drop, default=math.inf) + self.lateness)
-        deadline = min(candidates)
-        return None if deadline == math.inf else deadline
-
-    def wall_time_of(self, deadline: float, now: float) -> float | None:
-        """When (wall clock) the watermark will reach ``deadline`` if nothing new arrives."""
-        if self.idle_since is None:
-            return None  # catching up: new data, not the clock, moves time on
-        return now + max(0.0, deadline - self.watermark(now))
-
     def advance(self, now: float) -> list[WindowResult]:
         """Emit what the watermark closed, re-emit updated windows, drop final ones."""
         wm = self.watermark(now)

@@ -58,18 +58,7 @@ RESOURCE_FIELDS = (
 #: every float name a condition may use (plus ``threshold`` and the rule's ratios)
 FLOAT_FIELDS = frozenset(WINDOW_FIELDS + DERIVED_FIELDS + RESOURCE_FIELDS)
 #: fields a ratio can divide (additive ones make most sense, all are allowed)
-RATIO_FIELDS = (
-    "count",
-    "errors",
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "p50",
-    "p95",
-    "p99",
-    "distinct_users",
-)
+RATIO_FIELDS = tuple(f for f in WINDOW_FIELDS if f != "value")
 _ADDITIVE = frozenset({"count", "errors", "sum", "distinct_users"})
 _PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 

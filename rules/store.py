@@ -32,6 +32,7 @@ from psycopg.types.json import Jsonb
 from qesmon.alerts import AlertState, AlertTransition
 from qesmon.db import connect
 from qesmon.errors import RuleError
+from qesmon.retry import TRANSIENT, retry_forever
 from qesmon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -177,30 +178,17 @@ class AlertStore:
         step: Callable[[Sequence[AlertTransition]], None],
         transitions: Sequence[AlertTransition],
     ) -> None:
-        delay = 0.1
-        while True:
-            try:
-                step(transitions)
-                return
-            except (
-                redis.ConnectionError,
-                redis.TimeoutError,
-                redis.ResponseError,
-                psycopg.OperationalError,
-                psycopg.InterfaceError,
-            ) as exc:
-                if self._closed:
-                    raise
-                self._reset(what)
-                log.warning(
-                    "%s unavailable while recording %d alert transition(s): %s; retrying in %.1f s",
-                    what,
-                    len(transitions),
-                    str(exc).strip() or type(exc).__name__,
-                    delay,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, self._max_backoff)
+        retry_forever(
+            what,
+            lambda: step(transitions),
+            lambda: self._reset(what),
+            doing=f" while recording {len(transitions)} alert transition(s)",
+            # a WRONGTYPE or similar is retried too: transitions are never dropped
+            errors=(*TRANSIENT, redis.ResponseError),
+            first_delay=0.1,
+            max_delay=self._max_backoff,
+            give_up=lambda: self._closed,
+        )
 
     def _reset(self, what: str) -> None:
         if what == "redis" and self._redis is not None:
