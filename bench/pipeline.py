@@ -3,8 +3,9 @@
     . var/env.sh && .venv/bin/python bench/pipeline.py [--events 2000000] [--batch 0|1000]
 
 Pushes M events (default 2,000,000) into a throw-away stream, then, on the same entries:
-1. a bare loop that only reads the stream (XREAD COUNT 1000) and parses every entry with the
-   contract parser: the ceiling of one Python process;
+1. a bare loop that only reads the stream (XREAD, as many entries per read as the pipeline's
+   source takes) and parses every read with the contract parser (``parse_entries``, exactly
+   as the pipeline does): the ceiling of one Python process;
 2. the real dataflow (one process, recovery on, 5 s snapshots) from first read to last
    rollup committed, with RSS after 1M events (or 1/4 of them) and at the end;
 then a live phase: events stamped now at a steady rate for 20 s, measuring the window-close
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.dataflow import build_flow
 from pipeline.health import PipelineStats
-from qesmon.contract import parse_entry
+from qesmon.contract import parse_entries
 from qesmon.settings import Settings
 
 EPOCH_SECONDS = 5.0  # Bytewax epoch = snapshot interval (set by --epoch)
@@ -134,9 +135,8 @@ def bare_loop(redis_url: str, stream: str, count: int) -> tuple[float, int]:
         if not reply:
             break
         entries = reply[0][1]
-        for entry_id, fields in entries:
-            parsed, _ = parse_entry(entry_id, fields)
-            events += len(parsed)
+        parsed, _ = parse_entries(entries)  # the pipeline's own parse of a read
+        events += len(parsed)
         last = entries[-1][0]
     elapsed = time.perf_counter() - started
     client.close()

@@ -21,7 +21,6 @@ import math
 import struct
 from array import array
 from collections.abc import Iterable, Sequence
-from typing import Protocol
 
 import orjson
 from datasketches import hll_sketch, hll_union, kll_doubles_sketch, tgt_hll_type
@@ -37,15 +36,6 @@ _HEADER = struct.Struct(
 _VERSION = 1
 _FLAG_KLL = 0x10
 _FLAG_HLL = 0x20
-
-
-class _EventLike(Protocol):
-    @property
-    def value(self) -> float: ...
-    @property
-    def success(self) -> bool: ...
-    @property
-    def user(self) -> str | None: ...
 
 
 def nearest_rank(sorted_values: list[float], q: float) -> float:
@@ -99,13 +89,15 @@ class Agg:
                 assert self.hll is not None
                 self.hll.update(user)
 
-    def add_events(self, events: Sequence[_EventLike]) -> None:
-        """Count many events at once; the same result as :meth:`add` for each, in order."""
-        if not events:
+    def add_values(self, values: Sequence[float], errors: int, users: Iterable[str] = ()) -> None:
+        """Count many events at once: their values in order, how many failed, their users.
+
+        The same result as :meth:`add` for each event in turn.
+        """
+        if not values:
             return
-        values = [e.value for e in events]
         self.count += len(values)
-        self.errors += len(values) - sum([e.success for e in events])
+        self.errors += errors
         self.sum = sum(values, self.sum)  # left to right, exactly as repeated `+=`
         low = min(values)
         if low < self.min:
@@ -122,17 +114,15 @@ class Agg:
             update = self.kll.update
             for value in values:
                 update(value)
-        users = [e.user for e in events if e.user is not None]
-        if users:
-            if self.users is not None:
-                self.users.update(users)
-                if len(self.users) > EXACT_LIMIT:
-                    self._to_hll()
-            else:
-                assert self.hll is not None
-                hll_update = self.hll.update
-                for user in users:
-                    hll_update(user)
+        if self.users is not None:
+            self.users.update(users)
+            if len(self.users) > EXACT_LIMIT:
+                self._to_hll()
+        else:
+            assert self.hll is not None
+            hll_update = self.hll.update
+            for user in users:
+                hll_update(user)
 
     def merge(self, other: Agg) -> None:
         """Fold ``other`` into this aggregate (``other`` is left unchanged)."""

@@ -15,6 +15,7 @@ from qesmon.contract import (
     encode_batch,
     encode_event,
     event_dict,
+    parse_entries,
     parse_entry,
 )
 
@@ -261,3 +262,122 @@ def test_any_valid_event_round_trips(
     event = one(encode_event(event_dict(name, value, labels=labels, tenant=tenant)))
     assert (event.name, event.value, event.tenant) == (name, value, tenant)
     assert event.labels == tuple(sorted(labels.items()))
+
+
+# -- parse_entries: the bulk path must decide exactly as parse_entry does, entry by entry ----------
+
+_good_field = {
+    "name": st.sampled_from(["http_request", "revenue", "cpu:usage"]),
+    "value": st.one_of(
+        st.floats(-1e6, 1e6), st.integers(-(10**6), 10**6), st.sampled_from(["1.5", " 2 ", "3"])
+    ),
+    "type": st.sampled_from([None, "", "performance", "revenue", "custom"]),
+    "ts": st.one_of(
+        st.none(),
+        st.floats(NOW - 3600, NOW + 200),
+        st.integers(int(NOW) - 3600, int(NOW) + 200),
+        st.sampled_from(["", "1699999999.5", "2023-11-14T22:13:20Z"]),
+    ),
+    "tenant": st.sampled_from([None, "", "t1", "t2"]),
+    "user": st.sampled_from([None, "", "u1", "u2"]),
+    "labels": st.sampled_from([None, {}, {"endpoint": "/a"}, {"endpoint": "/b", "method": "GET"}]),
+    "success": st.sampled_from([None, True, False, "", "true", "false", "0", "yes"]),
+    "v": st.sampled_from([None, "1", 1]),
+}
+# mostly valid events (so the column checks are taken), sometimes one broken field
+_event = st.fixed_dictionaries({}, optional=_good_field).flatmap(
+    lambda obj: st.one_of(
+        st.just({"name": "http_request", "value": 1.0, **obj}),
+        st.builds(
+            lambda key, bad: {"name": "http_request", "value": 1.0, **obj, key: bad},
+            st.sampled_from([*sorted(_good_field), "bogus"]),
+            st.sampled_from(
+                [
+                    None,
+                    "",
+                    "x y",
+                    True,
+                    False,
+                    0,
+                    1,
+                    0.0,
+                    1.5,
+                    float("nan"),
+                    [],
+                    [1],
+                    {"a": 1},
+                    "1e400",
+                ]
+            ),
+        ),
+    )
+)
+
+
+def _flat(obj: dict[str, object]) -> dict[str, str]:
+    out = {}
+    for key, value in obj.items():
+        if value is None:
+            continue
+        if isinstance(value, dict | list):
+            out[key] = orjson.dumps(value).decode()
+        elif isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        else:
+            out[key] = value if isinstance(value, str) else repr(value)
+    return out
+
+
+def _entry(kind: str, events: list[dict[str, object]]) -> dict[str, str]:
+    if kind == "flat":
+        return _flat(events[0])
+    if kind == "batch":
+        return {"events": orjson.dumps(events).decode()}
+    return {"events": "[not json"}
+
+
+_entries = st.lists(
+    st.tuples(st.sampled_from(["flat", "flat", "batch", "broken"]), st.lists(_event, min_size=1)),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_entries)
+def test_parse_entries_equals_parse_entry_on_each(
+    raw: list[tuple[str, list[dict[str, object]]]],
+) -> None:
+    entries = []
+    for i, (kind, events) in enumerate(raw):
+        try:
+            fields = _entry(kind, events)
+        except orjson.JSONEncodeError:
+            continue
+        entries.append((f"{int(NOW * 1000) + i}-{i % 3}", fields))
+    expected_events, expected_rejections, expected_ids = [], [], []
+    for entry_id, fields in entries:
+        events, rejections = parse_entry(entry_id, fields)
+        expected_events += events
+        expected_ids += [entry_id] * len(events)
+        expected_rejections += rejections
+    for _ in range(2):  # the second time, everything valid is known and takes the column path
+        columns, rejections = parse_entries(entries)
+        assert columns.events() == expected_events
+        assert columns.entry_ids == expected_ids
+        assert columns.entry_ts == [int(i.partition("-")[0]) / 1000 for i in expected_ids]
+        assert rejections == expected_rejections
+
+
+def test_parse_entries_keeps_stream_order_around_a_bad_entry_in_a_long_read() -> None:
+    good = {"name": "orders", "value": "1", "tenant": "t1"}
+    entries = [(f"{int(NOW * 1000) + i}-0", dict(good, value=str(i))) for i in range(1000)]
+    entries[617] = (entries[617][0], {"name": "orders", "value": "oops"})
+    parse_entries(entries[:1])  # known values
+    columns, rejections = parse_entries(entries)
+    assert [r.source_id for r in rejections] == [entries[617][0]]
+    assert "value: 'oops' is not a number" in rejections[0].error
+    assert columns.values == [float(i) for i in range(1000) if i != 617]
+    batch = [{"name": "orders", "value": i} for i in range(3000)]
+    batch[2999]["ts"] = NOW + 301  # too far ahead of the entry
+    columns, rejections = parse_entries([(ID, encode_batch(batch))])
+    assert len(columns) == 2999 and [r.index for r in rejections] == [2999]

@@ -49,7 +49,12 @@ def test_bulk_add_equals_adding_one_by_one() -> None:
         evs = events(n, seed=n, users=n)
         bulk = Agg()
         for i in range(0, n, 100):
-            bulk.add_events(evs[i : i + 100])
+            part = evs[i : i + 100]
+            bulk.add_values(
+                [e.value for e in part],
+                sum(not e.success for e in part),
+                [e.user for e in part if e.user is not None],
+            )
         single = one_by_one(evs)
         assert (bulk.count, bulk.errors, bulk.sum, bulk.min, bulk.max) == (
             single.count,
