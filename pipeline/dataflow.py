@@ -75,7 +75,7 @@ class WindowLogic(StatefulLogic[ReadBatch, WindowOutput, bytes]):
         late = windows.add(events)
         windows.set_caught_up(batch.caught_up, batch.read_at, bool(batch.entries))
         results = windows.advance(time.time())
-        if self.live.due():
+        if self.live.due(batch.caught_up):
             self.live.publish(windows.take_touched())
         dead = [DeadLetter(r.source_id, r.error, "invalid", dict(r.fields)) for r in rejections]
         for item in late:

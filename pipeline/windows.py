@@ -115,9 +115,11 @@ class ShardWindows:
         base = self.base
         width = base.width
         ts = events.ts
-        starts = [int(t // width) * width for t in ts]
+        starts = [t - t % width for t in ts]  # exact for floats; made int once per group
         # an event's time moves the watermark only up to the time of its entry
-        newest = max(map(min, ts, events.entry_ts))
+        newest = max(ts)
+        if newest > min(events.entry_ts):  # some event claims a time ahead of its entry
+            newest = max(map(min, ts, events.entry_ts))
         horizon = max(max(self.max_ts, newest) - self.wait, self.final_horizon)
         keys = zip(events.names, events.types, events.tenants, events.labels, starts, strict=True)
         groups: defaultdict[tuple[Any, ...], list[int]] = defaultdict(list)
@@ -139,7 +141,7 @@ class ShardWindows:
         failures = False in success
         with_users = any(users)
         for (name, mtype, tenant, labels, start), picked in groups.items():
-            key = ((name, mtype, tenant, labels), start)
+            key = ((name, mtype, tenant, labels), int(start))
             window = windows.get(key)
             if window is None:
                 window = self._open(key)
@@ -159,7 +161,7 @@ class ShardWindows:
         return late
 
     def _sort_out_late(
-        self, events: EventColumns, starts: list[int], late: list[Late]
+        self, events: EventColumns, starts: list[float], late: list[Late]
     ) -> list[int]:
         """Decide lateness event by event, in stream order, against the watermark so far.
 

@@ -64,7 +64,9 @@ _EMPTY: tuple[tuple[str, str], ...] = ()
 _CACHE_LIMIT = 50_000
 _good_names: set[str] = set()
 _good_labels: dict[str, tuple[tuple[str, str], ...]] = {}
-_good_label_items: dict[tuple[Any, ...], tuple[tuple[str, str], ...]] = {}
+# label objects of batched events, by their keys, then by their values (two tuples of strings
+# hash faster than one tuple of pairs)
+_good_label_values: dict[tuple[Any, ...], dict[tuple[Any, ...], tuple[tuple[str, str], ...]]] = {}
 _good_ids: set[str] = set()
 
 
@@ -174,20 +176,26 @@ def _parse_labels(raw: object) -> tuple[tuple[str, str], ...]:
         _good_labels[raw] = labels
         return labels
     if type(raw) is dict:
-        # batched events carry labels as objects: remember them by their items
+        # batched events carry labels as objects: remember them by their keys and values
         try:
-            key = tuple(raw.items())
-            cached = _good_label_items.get(key)
+            cached = _known_dict_labels(raw)
         except TypeError:  # an unhashable value: let the full check say what is wrong
             return _check_labels(raw)
         if cached is not None:
             return cached
         labels = _check_labels(raw)
-        if len(_good_label_items) >= _CACHE_LIMIT:
-            _good_label_items.clear()
-        _good_label_items[key] = labels
+        by_values = _good_label_values.setdefault(tuple(raw), {})
+        if len(by_values) >= _CACHE_LIMIT or len(_good_label_values) >= _CACHE_LIMIT:
+            _good_label_values.clear()
+            by_values = _good_label_values.setdefault(tuple(raw), {})
+        by_values[tuple(raw.values())] = labels
         return labels
     return _check_labels(raw)
+
+
+def _known_dict_labels(raw: dict[Any, Any]) -> tuple[tuple[str, str], ...] | None:
+    by_values = _good_label_values.get(tuple(raw))
+    return None if by_values is None else by_values.get(tuple(raw.values()))
 
 
 def _loads_labels(raw: str) -> object:
@@ -479,7 +487,7 @@ def _good_id_column(ids: list[Any]) -> bool:
     """True when every id is None, '' or a string _parse_id takes unchanged (no ints here)."""
     if not set(map(type, ids)) <= _ID_TYPES:
         return False
-    present = [i for i in ids if i]
+    present = list(filter(None, ids))
     return not present or (max(map(len, present)) <= MAX_ID and "".join(present).isprintable())
 
 
@@ -551,9 +559,16 @@ def _fast_columns(
         kinds = set(map(type, raw))
         labels: list[Any]
         if kinds == {dict}:
-            labels = list(map(_good_label_items.get, map(tuple, map(dict.items, raw))))
+            shapes = set(map(tuple, raw))
+            if len(shapes) == 1:  # the usual case: the same label keys in the same order
+                by_values = _good_label_values.get(shapes.pop())
+                if by_values is None:
+                    return None
+                labels = list(map(by_values.get, map(tuple, map(dict.values, raw))))
+            else:
+                labels = list(map(_known_dict_labels, raw))
         elif kinds <= _DICT_LABELS:
-            labels = [_EMPTY if x is None else _good_label_items.get(tuple(x.items())) for x in raw]
+            labels = [_EMPTY if x is None else _known_dict_labels(x) for x in raw]
         elif kinds <= _STR_LABELS:
             labels = [_good_labels.get(x) if x else _EMPTY for x in raw]
         else:
