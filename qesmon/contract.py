@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from operator import gt
+from operator import gt, itemgetter
 from typing import Any
 
 import orjson
@@ -64,8 +64,8 @@ _EMPTY: tuple[tuple[str, str], ...] = ()
 _CACHE_LIMIT = 50_000
 _good_names: set[str] = set()
 _good_labels: dict[str, tuple[tuple[str, str], ...]] = {}
-# label objects of batched events, by their keys, then by their values (two tuples of strings
-# hash faster than one tuple of pairs)
+# label objects of batched events, by their sorted keys, then by their values in that order
+# (two tuples of strings are cheaper to build and hash than one tuple of pairs)
 _good_label_values: dict[tuple[Any, ...], dict[tuple[Any, ...], tuple[tuple[str, str], ...]]] = {}
 _good_ids: set[str] = set()
 
@@ -184,18 +184,31 @@ def _parse_labels(raw: object) -> tuple[tuple[str, str], ...]:
         if cached is not None:
             return cached
         labels = _check_labels(raw)
-        by_values = _good_label_values.setdefault(tuple(raw), {})
+        keys = tuple(k for k, _ in labels)
+        by_values = _good_label_values.setdefault(keys, {})
         if len(by_values) >= _CACHE_LIMIT or len(_good_label_values) >= _CACHE_LIMIT:
             _good_label_values.clear()
-            by_values = _good_label_values.setdefault(tuple(raw), {})
-        by_values[tuple(raw.values())] = labels
+            by_values = _good_label_values.setdefault(keys, {})
+        by_values[tuple(v for _, v in labels)] = labels
         return labels
     return _check_labels(raw)
 
 
 def _known_dict_labels(raw: dict[Any, Any]) -> tuple[tuple[str, str], ...] | None:
-    by_values = _good_label_values.get(tuple(raw))
-    return None if by_values is None else by_values.get(tuple(raw.values()))
+    keys = tuple(sorted(raw))
+    by_values = _good_label_values.get(keys)
+    return None if by_values is None else by_values.get(tuple(raw[k] for k in keys))
+
+
+def _known_label_column(objs: Sequence[dict[Any, Any]]) -> list[Any] | None:
+    """The labels of many label objects if all are known; None (or Nones inside) otherwise."""
+    keys = set().union(*objs)
+    if len(keys) < 2 or set(map(len, objs)) != {len(keys)}:
+        return list(map(_known_dict_labels, objs))
+    # all objects have the same keys (the usual case): one lookup per object by its values
+    order = tuple(sorted(keys))
+    by_values = _good_label_values.get(order)
+    return None if by_values is None else list(map(by_values.get, map(itemgetter(*order), objs)))
 
 
 def _loads_labels(raw: str) -> object:
@@ -444,18 +457,6 @@ class EventColumns:
         self.entry_ts.append(entry_ts)
         self.entry_ids.append(entry_id)
 
-    def extend(self, other: EventColumns) -> None:
-        self.names += other.names
-        self.types += other.types
-        self.values += other.values
-        self.ts += other.ts
-        self.tenants += other.tenants
-        self.users += other.users
-        self.labels += other.labels
-        self.success += other.success
-        self.entry_ts += other.entry_ts
-        self.entry_ids += other.entry_ids
-
 
 # Lookup tables of the column checks. Types are checked before values are looked up, so
 # that 1 == True == 1.0 cannot pass for one another.
@@ -483,54 +484,73 @@ _DICT_LABELS = frozenset((_NONE, dict))
 _LEAF = 8
 
 
-def _good_id_column(ids: list[Any]) -> bool:
-    """True when every id is None, '' or a string _parse_id takes unchanged (no ints here)."""
+def _id_column(ids: Sequence[Any], blank: str | None) -> Sequence[Any] | None:
+    """The ids as _parse_id takes them (``blank`` for None and ''), or None if any is new or
+    wrong: not a string (ints too go the full way), too long, not printable."""
     if not set(map(type, ids)) <= _ID_TYPES:
-        return False
+        return None
     present = list(filter(None, ids))
-    return not present or (max(map(len, present)) <= MAX_ID and "".join(present).isprintable())
+    if present and (max(map(len, present)) > MAX_ID or not "".join(present).isprintable()):
+        return None
+    return ids if len(present) == len(ids) else [i or blank for i in ids]
+
+
+def _columns(objs: list[dict[str, Any]], keys: set[str]) -> dict[str, Sequence[Any]]:
+    """Each key's values across ``objs``, in order (None where an object lacks the key)."""
+    if len(keys) > 1 and set(map(len, objs)) == {len(keys)}:
+        # every object has every key (the usual case): transpose in one pass
+        order = tuple(keys)
+        return dict(zip(order, zip(*map(itemgetter(*order), objs), strict=True), strict=True))
+    return {key: [o.get(key) for o in objs] for key in keys}
 
 
 def _fast_columns(
-    objs: list[dict[str, Any]], defaults: list[float], default: float | None
-) -> EventColumns | None:
-    """All of ``objs`` as columns, if every one passes cheap checks against known-good values.
+    objs: list[dict[str, Any]],
+    defaults: list[float],
+    default: float | None,
+    ids: list[str],
+    out: EventColumns,
+) -> bool:
+    """Append all of ``objs`` to ``out`` if every one passes cheap checks against known values.
 
-    ``defaults`` are the times of the entries the objects came from (``default``: the one time
-    they share, for the elements of an ``events`` entry). None whenever anything is new or
-    unusual: :func:`parse_entry` then decides, with the full checks, one object at a time. What
-    is accepted here is exactly what the full checks accept, with the same values.
+    ``defaults`` are the times of the entries the objects came from and ``ids`` their IDs
+    (``default``: the one time they share, for the elements of an ``events`` entry). False,
+    appending nothing, whenever anything is new or unusual: :func:`parse_entry` then decides,
+    with the full checks, one object at a time. What is accepted here is exactly what the full
+    checks accept, with the same values.
     """
     try:
-        if not set().union(*objs) <= FIELDS:
-            return None
-        names: list[Any] = [o.get("name") for o in objs]
+        keys = set().union(*objs)
+        if not keys <= FIELDS:
+            return False
+        column = _columns(objs, keys).get
+        absent = [None] * len(objs)
+        names = column("name", absent)
         if not set(names) <= _good_names:
-            return None
-        raw: list[Any] = [o.get("v") for o in objs]
+            return False
+        raw = column("v", absent)
         if not (set(map(type, raw)) <= _V_TYPES and set(raw) <= _V_OK):
-            return None
-        raw = [o.get("value") for o in objs]
+            return False
+        raw = column("value", absent)
         kinds = set(map(type, raw))
-        values: list[Any]
+        values: Sequence[Any]
         if kinds == {float}:
             values = raw
         elif kinds <= _NUMBER_TYPES:
             values = list(map(float, raw))
         else:
-            return None
+            return False
         total = sum(values)
         if total - total != 0.0:  # an inf or nan among them (or a sum beyond floats)
-            return None
-        raw = [o.get("type") for o in objs]
-        types = list(map(_TYPE_OF.__getitem__, raw))
-        raw = [o.get("success") for o in objs]
+            return False
+        types = list(map(_TYPE_OF.__getitem__, column("type", absent)))
+        raw = column("success", absent)
         if not set(map(type, raw)) <= _SUCCESS_TYPES:
-            return None
+            return False
         success = list(map(_SUCCESS_OF.__getitem__, raw))
-        raw = [o.get("ts") for o in objs]
+        raw = column("ts", absent)
         kinds = set(map(type, raw))
-        ts: list[Any]
+        ts: Sequence[Any]
         if kinds == {float}:
             ts = raw
         elif kinds <= _TS_TYPES:
@@ -538,46 +558,45 @@ def _fast_columns(
                 d if t is None or t == "" else float(t) for t, d in zip(raw, defaults, strict=True)
             ]
         else:
-            return None
+            return False
         total = sum(ts)
         if total - total != 0.0 or min(ts) < MIN_TS:
-            return None
+            return False
         if default is not None:
             if max(ts) > default + MAX_FUTURE_SECONDS:
-                return None
+                return False
         elif any(map(gt, ts, [d + MAX_FUTURE_SECONDS for d in defaults])):
-            return None
-        raw = [o.get("tenant") for o in objs]
-        if not _good_id_column(raw):
-            return None
-        tenants = [t or "" for t in raw]
-        raw = [o.get("user") for o in objs]
-        if not _good_id_column(raw):
-            return None
-        users = [u or None for u in raw]
-        raw = [o.get("labels") for o in objs]
+            return False
+        tenants = _id_column(column("tenant", absent), "")
+        users = _id_column(column("user", absent), None)
+        if tenants is None or users is None:
+            return False
+        raw = column("labels", absent)
         kinds = set(map(type, raw))
-        labels: list[Any]
+        labels: list[Any] | None
         if kinds == {dict}:
-            shapes = set(map(tuple, raw))
-            if len(shapes) == 1:  # the usual case: the same label keys in the same order
-                by_values = _good_label_values.get(shapes.pop())
-                if by_values is None:
-                    return None
-                labels = list(map(by_values.get, map(tuple, map(dict.values, raw))))
-            else:
-                labels = list(map(_known_dict_labels, raw))
+            labels = _known_label_column(raw)
         elif kinds <= _DICT_LABELS:
             labels = [_EMPTY if x is None else _known_dict_labels(x) for x in raw]
         elif kinds <= _STR_LABELS:
             labels = [_good_labels.get(x) if x else _EMPTY for x in raw]
         else:
-            return None
-        if None in labels:
-            return None
+            return False
+        if labels is None or None in labels:
+            return False
     except (TypeError, ValueError, KeyError):  # unhashable, not a number, unknown value
-        return None
-    return EventColumns(names, types, values, ts, tenants, users, labels, success, defaults, [])
+        return False
+    out.names += names
+    out.types += types
+    out.values += values
+    out.ts += ts
+    out.tenants += tenants
+    out.users += users
+    out.labels += labels
+    out.success += success
+    out.entry_ts += defaults
+    out.entry_ids += ids
+    return True
 
 
 def _add_flat(
@@ -592,13 +611,11 @@ def _add_flat(
     try:
         defaults = list(map(entry_time, ids))
     except (ValueError, TypeError):  # a malformed or bytes ID: the full path says what is wrong
-        columns = None
+        pass
     else:
-        columns = _fast_columns(fields, defaults, None)
-    if columns is not None:
-        columns.entry_ids = ids
-        out.extend(columns)
-    elif len(ids) <= _LEAF:
+        if _fast_columns(fields, defaults, None, ids, out):
+            return
+    if len(ids) <= _LEAF:
         for entry_id, entry_fields in zip(ids, fields, strict=True):
             events, rejected = parse_entry(entry_id, entry_fields)
             for event in events:
@@ -623,13 +640,11 @@ def _add_items(
     if not items:
         return
     n = len(items)
-    columns = None
-    if set(map(type, items)) == {dict}:
-        columns = _fast_columns(items, [default_ts] * n, default_ts)
-    if columns is not None:
-        columns.entry_ids = [sid] * n
-        out.extend(columns)
-    elif n <= _LEAF:
+    if set(map(type, items)) == {dict} and _fast_columns(
+        items, [default_ts] * n, default_ts, [sid] * n, out
+    ):
+        return
+    if n <= _LEAF:
         for index, item in enumerate(items, offset):
             event = _parse_item(sid, item, index, default_ts, rejections)
             if event is not None:
