@@ -44,6 +44,8 @@ from qesmon.sketch import Agg
 SeriesKey = tuple[str, str, str, tuple[tuple[str, str], ...]]
 #: series key + window start (Unix seconds, a multiple of the width)
 WindowKey = tuple[SeriesKey, int]
+#: pending events that make :class:`ShardWindows` count them into their windows
+FOLD_EVENTS = 20_000
 
 
 @dataclass(slots=True)
@@ -103,17 +105,29 @@ class ShardWindows:
         #: wall-clock time since which the shard has been caught up, or None
         self.idle_since: float | None = None
         self._dirty: list[tuple[_Level, WindowKey]] = []
+        # events in time but not yet counted (see add), the starts of their windows, and the
+        # earliest end among those windows
+        self._pending = EventColumns()
+        self._pending_starts: list[float] = []
+        self._pending_first_end = math.inf
         #: base windows that got events since the last :meth:`take_touched` (live cache)
         self.touched: set[WindowKey] = set()
 
     # -- feeding -----------------------------------------------------------------------------
 
     def add(self, events: EventColumns) -> list[Late]:
-        """Count a read's events (columns, in stream order); return those too late to count."""
+        """Take a read's events (columns, in stream order); return those too late to count.
+
+        The columns are handed over: do not change them afterwards.
+
+        Lateness is decided here, event by event; counting the events into their windows is
+        deferred until :data:`FOLD_EVENTS` are pending or a window they belong to is due (see
+        :meth:`advance`, :meth:`take_touched`): folding many reads at once makes the groups
+        per window larger and each event cheaper.
+        """
         if not events:
             return []
-        base = self.base
-        width = base.width
+        width = self.base.width
         ts = events.ts
         starts = [t - t % width for t in ts]  # exact for floats; made int once per group
         # an event's time moves the watermark only up to the time of its entry
@@ -121,20 +135,40 @@ class ShardWindows:
         if newest > min(events.entry_ts):  # some event claims a time ahead of its entry
             newest = max(map(min, ts, events.entry_ts))
         horizon = max(max(self.max_ts, newest) - self.wait, self.final_horizon)
-        keys = zip(events.names, events.types, events.tenants, events.labels, starts, strict=True)
-        groups: defaultdict[tuple[Any, ...], list[int]] = defaultdict(list)
+        first_start = min(starts)
         late: list[Late] = []
-        if min(starts) + width + self.lateness > horizon:
+        if first_start + width + self.lateness > horizon:
             # nothing is late even against the watermark at the end of the read: the common case
             self.max_ts = max(self.max_ts, newest)
-            for i, event_key in enumerate(keys):
-                groups[event_key].append(i)
+            if self._pending:
+                self._pending.extend(events)
+                self._pending_starts += starts
+            else:  # no copy: the columns are handed over
+                self._pending = events
+                self._pending_starts = starts
         else:
             in_time = self._sort_out_late(events, starts, late)
-            all_keys = list(keys)
-            for i in in_time:
-                groups[all_keys[i]].append(i)
-        # one bulk update per window instead of one call per event
+            self._pending.extend(events.take(in_time))
+            self._pending_starts += [starts[i] for i in in_time]
+        self._pending_first_end = min(self._pending_first_end, first_start + width)
+        if len(self._pending) >= FOLD_EVENTS:
+            self._fold()
+        return late
+
+    def _fold(self) -> None:
+        """Count the pending events into their windows: one bulk update per window."""
+        events = self._pending
+        if not events:
+            return
+        starts = self._pending_starts
+        self._pending = EventColumns()
+        self._pending_starts = []
+        self._pending_first_end = math.inf
+        groups: defaultdict[tuple[Any, ...], list[int]] = defaultdict(list)
+        keys = zip(events.names, events.types, events.tenants, events.labels, starts, strict=True)
+        for i, event_key in enumerate(keys):
+            groups[event_key].append(i)
+        base = self.base
         windows = base.windows
         touched = self.touched
         values, success, users = events.values, events.success, events.users
@@ -158,7 +192,6 @@ class ShardWindows:
             touched.add(key)
             if window.emitted and not window.dirty:
                 self._mark_dirty(base, key, window)
-        return late
 
     def _sort_out_late(
         self, events: EventColumns, starts: list[float], late: list[Late]
@@ -238,6 +271,8 @@ class ShardWindows:
     def advance(self, now: float) -> list[WindowResult]:
         """Emit what the watermark closed, re-emit updated windows, drop final ones."""
         wm = self.watermark(now)
+        if self._pending_first_end <= wm:
+            self._fold()  # some pending event belongs to a window that is due
         out: list[WindowResult] = []
         # updated windows first: their new value supersedes the one written before
         for level, key in self._dirty:
@@ -291,6 +326,7 @@ class ShardWindows:
 
     def take_touched(self) -> list[WindowResult]:
         """Current values of the base windows that changed since the last call."""
+        self._fold()
         out = []
         for key in self.touched:
             window = self.base.windows.get(key)

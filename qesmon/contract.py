@@ -445,6 +445,29 @@ class EventColumns:
     def events(self) -> list[Event]:
         return [self.event(i) for i in range(len(self))]
 
+    def take(self, indices: Iterable[int]) -> EventColumns:
+        """The events at ``indices``, in that order."""
+        picked = list(indices)
+        return EventColumns(*([column[i] for i in picked] for column in self._columns()))
+
+    def extend(self, other: EventColumns) -> None:
+        for mine, theirs in zip(self._columns(), other._columns(), strict=True):
+            mine += theirs
+
+    def _columns(self) -> tuple[list[Any], ...]:
+        return (
+            self.names,
+            self.types,
+            self.values,
+            self.ts,
+            self.tenants,
+            self.users,
+            self.labels,
+            self.success,
+            self.entry_ts,
+            self.entry_ids,
+        )
+
     def append(self, event: Event, entry_ts: float, entry_id: str) -> None:
         self.names.append(event.name)
         self.types.append(event.type)
