@@ -3,11 +3,15 @@
     . var/env.sh && .venv/bin/python bench/pipeline.py [--events 2000000] [--batch 0|1000]
 
 Pushes M events (default 2,000,000) into a throw-away stream, then, on the same entries:
+(the workload: 500 series (25 tenants x 20 endpoints), 5,000 users, stamped at --event-rate
+events per second of event time, 20,000 by default like the live phase; the windows' state
+grows until the first windows become final, after wait + lateness + 10 s of event time, and
+is flat from then on)
 1. a bare loop that only reads the stream (XREAD, as many entries per read as the pipeline's
    source takes) and parses every read with the contract parser (``parse_entries``, exactly
    as the pipeline does): the ceiling of one Python process;
 2. the real dataflow (one process, recovery on, 5 s snapshots) from first read to last
-   rollup committed, with RSS after 1M events (or 1/4 of them) and at the end;
+   rollup committed, with the RSS each time another million events were counted, and its peak;
 then a live phase: events stamped now at a steady rate for 20 s, measuring the window-close
 delay (window end + wait -> row committed) of every 10 s window.
 """
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import os
 import random
 import statistics
@@ -28,6 +31,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
@@ -42,10 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.dataflow import build_flow
 from pipeline.health import PipelineStats
+from pipeline.run import tune_memory
 from qesmon.contract import parse_entries
 from qesmon.settings import Settings
 
 EPOCH_SECONDS = 5.0  # Bytewax epoch = snapshot interval (set by --epoch)
+RSS_MARK = 1_000_000  # RSS is noted each time this many more events were counted
 
 
 class BenchStats(PipelineStats):
@@ -56,7 +62,10 @@ class BenchStats(PipelineStats):
         self.first_read: float | None = None
         self.last_write = 0.0
         self.total = total_events
-        self.rss: dict[str, float] = {}
+        #: RSS (MiB) when the events counted first reached each mark (1M, 2M, ...)
+        self.rss: dict[int, float] = {}
+        self.peak_rss = 0.0
+        self._process = psutil.Process()
 
     def incr(self, name: str, amount: float = 1.0) -> None:
         super().incr(name, amount)
@@ -66,14 +75,15 @@ class BenchStats(PipelineStats):
         elif name == "sink_rows_total":
             self.last_write = now
         elif name == "events_total":
-            done = self.totals["events_total"]
-            if done >= min(1_000_000, self.total / 4) and "early" not in self.rss:
-                self.rss["early"] = psutil.Process().memory_info().rss / 2**20
-                self.rss["early_events"] = done
+            rss = self._process.memory_info().rss / 2**20
+            self.peak_rss = max(self.peak_rss, rss)
+            mark = int(self.totals["events_total"] // RSS_MARK) * RSS_MARK
+            if mark and mark not in self.rss:
+                self.rss[mark] = rss
 
 
 def generate_entries(
-    n: int, batch: int, start: float, chunk: int = 100_000
+    n: int, batch: int, start: float, event_rate: float, chunk: int = 100_000
 ) -> Iterator[list[dict[str, bytes | str]]]:
     """The workload in chunks of entries (so the benchmark's own memory stays flat)."""
     rng = random.Random(1)
@@ -82,7 +92,7 @@ def generate_entries(
     labels = {
         ep: orjson.dumps({"endpoint": ep, "method": "POST", "service": "api"}) for ep in endpoints
     }
-    span = n / 50_000  # 50k events per second of event time
+    span = n / event_rate  # seconds of event time the workload covers
     for offset in range(0, n, chunk):
         count = min(chunk, n - offset)
         if batch:
@@ -131,7 +141,7 @@ def bare_loop(redis_url: str, stream: str, count: int) -> tuple[float, int]:
     events = 0
     started = time.perf_counter()
     while True:
-        reply = client.xread({stream: last}, count=count)
+        reply: Any = client.xread({stream: last}, count=count)
         if not reply:
             break
         entries = reply[0][1]
@@ -144,7 +154,7 @@ def bare_loop(redis_url: str, stream: str, count: int) -> tuple[float, int]:
 
 
 def run_pipeline(settings: Settings, stop_at: str, total: int) -> BenchStats:
-    gc.set_threshold(100_000, 50, 100)  # as `qesmon pipeline` does (pipeline/run.py)
+    tune_memory()  # as `qesmon pipeline` does
     stats = BenchStats(total)
     with tempfile.TemporaryDirectory() as tmp:
         init_db_dir(Path(tmp), 1)
@@ -206,6 +216,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--batch", type=int, default=0, help="events per entry (0 = one)")
+    parser.add_argument(
+        "--event-rate",
+        type=int,
+        default=20_000,
+        help="events per second of event time in the backlog (default: the live rate)",
+    )
     parser.add_argument("--live-rate", type=int, default=20_000)
     parser.add_argument("--no-live", action="store_true")
     parser.add_argument("--epoch", type=float, default=5.0, help="snapshot interval, seconds")
@@ -220,11 +236,11 @@ def main() -> None:
         stream = settings.streams.metrics[0]
         try:
             print(machine())
-            start = time.time() - 7200
+            start = time.time() - 7200 - args.events / args.event_rate
             t = time.perf_counter()
             pushed = sum(
                 push(client, stream, chunk)
-                for chunk in generate_entries(args.events, args.batch, start)
+                for chunk in generate_entries(args.events, args.batch, start, args.event_rate)
             )
             print(
                 f"pushed {args.events:,} events in {pushed:,} entries "
@@ -248,11 +264,17 @@ def main() -> None:
                 f"pipeline: {rate:,.0f} events/s ({elapsed:.2f} s from first read to last "
                 f"rollup committed); ratio pipeline / bare loop = {rate / bare_rate:.2f}"
             )
-            print(
-                f"RSS: {rss_before:.0f} MiB before, {stats.rss.get('early', 0):.0f} MiB after "
-                f"{stats.rss.get('early_events', 0):,.0f} events, {rss_end:.0f} MiB after "
-                f"{args.events:,} events"
+            marks = ", ".join(
+                f"{rss:.0f} MiB at {mark:,}" for mark, rss in sorted(stats.rss.items())
             )
+            print(
+                f"RSS: {rss_before:.0f} MiB before the run; {marks} events counted; peak "
+                f"{stats.peak_rss:.0f} MiB; {rss_end:.0f} MiB after it"
+            )
+            if len(stats.rss) >= 2:
+                first, last = min(stats.rss), max(stats.rss)
+                growth = stats.rss[last] / stats.rss[first] - 1
+                print(f"RSS at {last:,} events vs at {first:,}: {growth:+.1%}")
             with psycopg.connect(url) as conn:
                 rows = conn.execute(
                     "SELECT width_s, count(*), sum(count) FROM metric_rollups GROUP BY 1 ORDER BY 1"

@@ -112,9 +112,18 @@ class RollupWriter:
 
     def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.database_url)
-            self._conn.execute(_STAGE)
-            self._conn.commit()
+            conn = connect(self.database_url)
+            # Sketches are ~7 KB: pglz compressing them was two thirds of the write time;
+            # lz4 is several times faster (readers decompress either, per value).
+            try:
+                conn.execute("SET default_toast_compression = 'lz4'")
+                conn.commit()
+            except psycopg.errors.DataError:  # a server built without lz4
+                conn.rollback()
+                log.info("lz4 not available on the server: sketches compressed with pglz")
+            conn.execute(_STAGE)
+            conn.commit()
+            self._conn = conn
         return self._conn
 
     def _reset(self) -> None:

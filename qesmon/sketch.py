@@ -56,7 +56,7 @@ class Agg:
         self.sum = 0.0
         self.min = math.inf
         self.max = -math.inf
-        self.values: list[float] | None = []
+        self.values: array[float] | None = array("d")  # 8 bytes a value, not 32
         self.kll: kll_doubles_sketch | None = None
         self.users: set[str] | None = set()
         self.hll: hll_sketch | None = None
@@ -213,7 +213,7 @@ class Agg:
         values_blob = b""
         users_blob = b""
         if self.values is not None:
-            values_blob = array("d", self.values).tobytes()
+            values_blob = self.values.tobytes()
         else:
             assert self.kll is not None
             flags |= _FLAG_KLL
@@ -250,7 +250,7 @@ class Agg:
             agg.values = None
             agg.kll = kll_doubles_sketch.deserialize(values_blob)
         else:
-            agg.values = array("d", values_blob).tolist()
+            agg.values = array("d", values_blob)
         if flags & _FLAG_HLL:
             agg.users = None
             agg.hll = hll_sketch.deserialize(users_blob)
