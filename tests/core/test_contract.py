@@ -381,3 +381,19 @@ def test_parse_entries_keeps_stream_order_around_a_bad_entry_in_a_long_read() ->
     batch[2999]["ts"] = NOW + 301  # too far ahead of the entry
     columns, rejections = parse_entries([(ID, encode_batch(batch))])
     assert len(columns) == 2999 and [r.index for r in rejections] == [2999]
+
+
+def test_parse_entries_takes_bytes_as_a_client_without_decoding_returns_them() -> None:
+    flat = {b"name": b"orders", b"value": b"2", b"tenant": b"t1"}
+    batch = {b"events": orjson.dumps([{"name": "orders", "value": 3}, {"name": "orders"}])}
+    entries = [(ID.encode(), flat), (b"1700000000001-0", batch), (b"bad-id", flat)]
+    columns, rejections = parse_entries(entries)
+    assert columns.values == [2.0, 3.0]
+    assert columns.entry_ids == [ID, "1700000000001-0"]
+    assert [(r.source_id, r.index) for r in rejections] == [
+        ("1700000000001-0", 1),
+        ("bad-id", None),
+    ]
+    expected = [parse_entry(entry_id, fields) for entry_id, fields in entries]
+    assert columns.events() == [e for events, _ in expected for e in events]
+    assert rejections == [r for _, rejected in expected for r in rejected]
