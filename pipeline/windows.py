@@ -129,13 +129,18 @@ class ShardWindows:
             return []
         width = self.base.width
         ts = events.ts
-        starts = [t - t % width for t in ts]  # exact for floats; made int once per group
+        low = min(ts)
+        first_start = low - low % width  # exact for floats; made int once per group
+        high = max(ts)
+        if high - high % width == first_start:  # the whole read in one window: the usual case
+            starts = [first_start] * len(ts)
+        else:
+            starts = [t - t % width for t in ts]
         # an event's time moves the watermark only up to the time of its entry
-        newest = max(ts)
+        newest = high
         if newest > min(events.entry_ts):  # some event claims a time ahead of its entry
             newest = max(map(min, ts, events.entry_ts))
         horizon = max(max(self.max_ts, newest) - self.wait, self.final_horizon)
-        first_start = min(starts)
         late: list[Late] = []
         if first_start + width + self.lateness > horizon:
             # nothing is late even against the watermark at the end of the read: the common case
