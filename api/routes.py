@@ -89,20 +89,18 @@ async def get_dashboard(request: web.Request) -> web.StreamResponse:
 
 async def dashboard_document(app: web.Application, tenant: str | None, days: int) -> bytes:
     """The dashboard as JSON bytes, from the report cache (computed once when missing)."""
-
-    async def compute() -> bytes:
-        async with app[POOL].connection() as conn:
-            data = await dashboard.build(
-                conn,
-                app[HOURS],
-                tenant=tenant,
-                days=days,
-                now=time.time(),
-                slow_threshold=app[SETTINGS].slow_request_threshold,
-            )
-        return orjson.dumps(data)
-
-    return await app[REPORTS].get(("dashboard", tenant, days), compute)
+    return await _report(
+        app,
+        ("dashboard", tenant, days),
+        lambda conn: dashboard.build(
+            conn,
+            app[HOURS],
+            tenant=tenant,
+            days=days,
+            now=time.time(),
+            slow_threshold=app[SETTINGS].slow_request_threshold,
+        ),
+    )
 
 
 async def get_business_intelligence(request: web.Request) -> web.StreamResponse:
@@ -111,13 +109,12 @@ async def get_business_intelligence(request: web.Request) -> web.StreamResponse:
     days = params.integer(q, "days", 30, 1, 365)
     tenant = scoped_tenant(_principal(request), params.text(q, "tenant_id"))
     app = request.app
-
-    async def compute() -> bytes:
-        async with app[POOL].connection() as conn:
-            data = await business.build(conn, app[HOURS], tenant=tenant, days=days, now=time.time())
-        return orjson.dumps(data)
-
-    return _document(await app[REPORTS].get(("business", tenant, days), compute))
+    report = await _report(
+        app,
+        ("business", tenant, days),
+        lambda conn: business.build(conn, app[HOURS], tenant=tenant, days=days, now=time.time()),
+    )
+    return _document(report)
 
 
 async def get_performance(request: web.Request) -> web.StreamResponse:
@@ -126,20 +123,33 @@ async def get_performance(request: web.Request) -> web.StreamResponse:
     hours = params.integer(q, "hours", 24, 1, 24 * 31)
     tenant = scoped_tenant(_principal(request), params.text(q, "tenant_id"))
     app = request.app
+    report = await _report(
+        app,
+        ("performance", tenant, hours),
+        lambda conn: performance.build(
+            conn,
+            app[HOURS],
+            tenant=tenant,
+            hours=hours,
+            now=time.time(),
+            slow_threshold=app[SETTINGS].slow_request_threshold,
+        ),
+    )
+    return _document(report)
+
+
+async def _report(
+    app: web.Application,
+    key: tuple[Any, ...],
+    build: Callable[[Any], Awaitable[dict[str, Any]]],
+) -> bytes:
+    """A report as JSON bytes from the report cache, built on a pooled connection when missing."""
 
     async def compute() -> bytes:
         async with app[POOL].connection() as conn:
-            data = await performance.build(
-                conn,
-                app[HOURS],
-                tenant=tenant,
-                hours=hours,
-                now=time.time(),
-                slow_threshold=app[SETTINGS].slow_request_threshold,
-            )
-        return orjson.dumps(data)
+            return orjson.dumps(await build(conn))
 
-    return _document(await app[REPORTS].get(("performance", tenant, hours), compute))
+    return await app[REPORTS].get(key, compute)
 
 
 # -- recording -----------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import asyncio
 import math
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from api.keys import create_key_sync  # noqa: E402
 from bench._machine import machine  # noqa: E402
+from bench._ports import free_port, wait_for_port  # noqa: E402
 from bench._scratch import scratch_database  # noqa: E402
 from pipeline.sinks import RollupWriter  # noqa: E402
 from qesmon.series import Series, WindowResult  # noqa: E402
@@ -135,12 +135,6 @@ def load(database_url: str, now: float) -> int:
     return rows
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def measure(url: str, headers: dict[str, str], n: int) -> dict[str, float]:
     async with aiohttp.ClientSession(headers=headers) as session:
         started = time.perf_counter()
@@ -195,14 +189,7 @@ def run_api(url: str, args: argparse.Namespace) -> None:
     try:
         base = f"http://127.0.0.1:{api_port}"
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", api_port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_for_port(api_port, deadline)
         print(f"API pid {proc.pid}", flush=True)
         headers = {"Authorization": f"Bearer {key}"}
         targets = [

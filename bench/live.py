@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,29 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from api.keys import create_key_sync  # noqa: E402
+from bench._machine import machine  # noqa: E402
+from bench._ports import free_port, wait_for_port  # noqa: E402
 from qesmon.contract import encode_batch, encode_event, event_dict  # noqa: E402
 from qesmon.migrate import apply_migrations  # noqa: E402
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return (
-        f"machine: {os.cpu_count()} CPUs, {cpu}; shared and loaded by other work, "
-        "Redis/TimescaleDB/pipeline/API/clients on the same box"
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def request_event(tenant: str) -> dict[str, Any]:
@@ -226,16 +205,9 @@ def main() -> int:
             if time.monotonic() > deadline:
                 raise SystemExit("the pipeline did not publish a live window within 60 s")
             time.sleep(0.2)
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", api_port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_for_port(api_port, deadline)
 
-        print(machine())
+        print(machine("Redis/TimescaleDB/pipeline/API/clients on the same box"))
         lat = asyncio.run(latency(base, key, stream, redis_url, args.probes))
         lat_ms = sorted(x * 1000 for x in lat)
         p50 = statistics.median(lat_ms)

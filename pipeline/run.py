@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import gc
 import logging
 import os
@@ -72,8 +71,8 @@ def tune_memory() -> None:
     """
     gc.set_threshold(100_000, 50, 100)
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        # the process's own symbols include libc's (find_library would run ldconfig at start-up)
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     except (OSError, AttributeError):  # not glibc: nothing to tune
         log.debug("mallopt not available; allocator left as it is")
 

@@ -451,7 +451,11 @@ class EventColumns:
         return EventColumns(*([column[i] for i in picked] for column in self._columns()))
 
     def extend(self, other: EventColumns) -> None:
-        for mine, theirs in zip(self._columns(), other._columns(), strict=True):
+        self.extend_columns(*other._columns())
+
+    def extend_columns(self, *columns: Sequence[Any]) -> None:
+        """Append columns given in field order (names, types, ... entry_ids)."""
+        for mine, theirs in zip(self._columns(), columns, strict=True):
             mine += theirs
 
     def _columns(self) -> tuple[list[Any], ...]:
@@ -609,16 +613,7 @@ def _fast_columns(
             return False
     except (TypeError, ValueError, KeyError):  # unhashable, not a number, unknown value
         return False
-    out.names += names
-    out.types += types
-    out.values += values
-    out.ts += ts
-    out.tenants += tenants
-    out.users += users
-    out.labels += labels
-    out.success += success
-    out.entry_ts += defaults
-    out.entry_ids += ids
+    out.extend_columns(names, types, values, ts, tenants, users, labels, success, defaults, ids)
     return True
 
 
