@@ -8,11 +8,23 @@ commit, so a crash anywhere repeats work but never loses it. Redis or the databa
 down makes each loop wait and retry with backoff (0.2 s doubling to 30 s); SIGTERM stops
 reading, lets in-flight sends finish (10 s at most) and exits 0.
 
+No entry can stop the notifier or hold back the others. Entries are parked, with the reason
+and their original bytes (:mod:`qesmon.deadletter`), in ``<prefix>:alerts:dead`` (trimmed
+to about ``dead_maxlen`` letters of at most 8 KiB each, so about 80 MB at worst) and then
+acknowledged: ``kind=invalid`` for one that does not parse
+(:meth:`~qesmon.alerts.AlertTransition.from_fields`); ``kind=refused`` for one the database
+refuses (a data error, SQLSTATE class 22 or 23: the read is redone one entry per
+transaction and the rest goes through); ``kind=failed`` for one that failed for any other
+reason ``max_deliveries`` times (the consumer group's delivery count), instead of being
+re-read forever.
+
 Health: the Redis hash ``qes:health:notifier`` holds ``heartbeat`` (Unix time of the newest
 beat of any notifier process), ``heartbeat:<consumer>``, ``outbox_pending`` and counters
 (``transitions``, ``duplicates``, ``deduped``, ``enqueued``, ``sent``, ``retried``,
-``failed``, ``given_up``, ``template_errors``, ``malformed``, ``escalations``, ``repeats``,
-``unconfigured_channel``, ``errors``), added up over all processes.
+``failed``, ``given_up``, ``template_errors``, ``escalations``, ``repeats``,
+``unconfigured_channel``, ``errors``; parked entries: ``malformed``, ``refused``,
+``unprocessable``; ``record_refused``: delivery attempts whose record the database
+refused), added up over all processes.
 
     notifier = Notifier(settings, clock=FakeClock())
     task = asyncio.create_task(notifier.run())
@@ -51,6 +63,7 @@ from notifier.delivery import RetryPolicy, send_rows
 from notifier.policy import PolicyStore
 from notifier.store import Attempt, OutboxRow
 from notifier.templating import TEMPLATES_DIR, Renderer
+from qesmon import deadletter
 from qesmon.alerts import AlertTransition
 from qesmon.errors import ConfigError, ContractError
 from qesmon.settings import Settings
@@ -85,6 +98,8 @@ class Notifier:
         poll_interval: float = 0.25,
         health_interval: float = 2.0,
         db_timeout: float = 10.0,
+        max_deliveries: int = 5,
+        dead_maxlen: int = 10_000,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -93,6 +108,8 @@ class Notifier:
         self.poll_interval = poll_interval
         self.health_interval = health_interval
         self.db_timeout = db_timeout
+        self.max_deliveries = max_deliveries
+        self.dead_maxlen = dead_maxlen
         self.retry = RetryPolicy(
             settings.notifier_retry_base,
             settings.notifier_retry_max,
@@ -275,17 +292,49 @@ class Notifier:
         return bool(entries) or not self._own_pending  # a blocking read paced this call
 
     async def _handle_entries(self, entries: list[Any]) -> None:
-        """Handle one read's entries in one transaction, then acknowledge them together."""
+        """Handle one read's entries in one transaction, then acknowledge them together.
+
+        An entry that does not parse is parked at once. When the transaction fails for
+        anything but an outage, the entries are handled again one per transaction, so the
+        one at fault cannot hold back the others (see :meth:`_one_by_one`)."""
         stream = self.settings.streams.alerts
         good: list[tuple[str, AlertTransition]] = []
+        raw: dict[str, Mapping[Any, Any]] = {}
         for raw_id, fields in entries:
-            entry_id = raw_id.decode()
+            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            if not fields:  # deleted or trimmed after it was read: nothing left to handle
+                await self.redis.xack(stream, GROUP, entry_id)
+                continue
             try:
                 good.append((entry_id, AlertTransition.from_fields(fields)))
             except ContractError as exc:
-                await self._dead_letter(entry_id, fields, exc)
+                self.counters["malformed"] += 1
+                reason = f"malformed alert entry: {exc}"
+                await self._dead_letter(entry_id, fields, reason, kind="invalid")
+                continue
+            raw[entry_id] = fields
         if not good:
             return
+        try:
+            plans = await self._record(good)
+        except OUTAGES:
+            raise
+        except Exception as exc:
+            log.warning(
+                "a batch of %d alert entries failed (%s: %s); handling them one by one",
+                len(good),
+                type(exc).__name__,
+                str(exc).strip()[:200],
+            )
+            await self._one_by_one(good, raw)
+            return
+        await self.redis.xack(stream, GROUP, *[entry_id for entry_id, _ in good])
+        self.counters["transitions"] += len(good)
+        for plan in plans:
+            self._account(plan)
+
+    async def _record(self, good: list[tuple[str, AlertTransition]]) -> list[store.Plan]:
+        """Outbox rows and timers of ``good``, in one transaction."""
         plans = []
         async with self.pool.connection() as conn, conn.transaction():
             for entry_id, transition in good:
@@ -300,20 +349,75 @@ class Notifier:
                         time_scale=self.settings.notifier_time_scale,
                     )
                 )
-        await self.redis.xack(stream, GROUP, *[entry_id for entry_id, _ in good])
-        self.counters["transitions"] += len(good)
-        for plan in plans:
+        return plans
+
+    async def _one_by_one(
+        self, good: list[tuple[str, AlertTransition]], raw: Mapping[str, Mapping[Any, Any]]
+    ) -> None:
+        """Each entry in a transaction of its own, acknowledged after its commit.
+
+        One the database refuses (a data error) is parked as ``refused`` with the database's
+        message. One that fails otherwise stays pending and is tried again after a backoff
+        (re-raising its error to :meth:`_loop`); once the consumer group has delivered it
+        ``max_deliveries`` times it is parked as ``failed``. An outage stops the pass: what
+        is committed is acknowledged, the rest stays pending."""
+        stream = self.settings.streams.alerts
+        failure: Exception | None = None
+        for entry_id, transition in good:
+            try:
+                [plan] = await self._record([(entry_id, transition)])
+            except OUTAGES:
+                raise
+            except Exception as exc:
+                if store.is_refusal(exc):
+                    self.counters["refused"] += 1
+                    reason = f"the database refused it: {store.describe(exc)}"
+                    await self._dead_letter(entry_id, raw[entry_id], reason, kind="refused")
+                    continue
+                deliveries = await self._deliveries(entry_id)
+                if deliveries >= self.max_deliveries:
+                    self.counters["unprocessable"] += 1
+                    reason = f"failed {deliveries} times, last: {type(exc).__name__}: {exc}"
+                    await self._dead_letter(entry_id, raw[entry_id], reason, kind="failed")
+                    continue
+                log.warning(
+                    "alert entry %s failed (delivery %d of at most %d): %s: %s",
+                    entry_id,
+                    deliveries,
+                    self.max_deliveries,
+                    type(exc).__name__,
+                    str(exc).strip()[:200],
+                )
+                failure = failure or exc
+                continue
+            await self.redis.xack(stream, GROUP, entry_id)
+            self.counters["transitions"] += 1
             self._account(plan)
+        if failure is not None:
+            self._own_pending = True  # read the failed ones again after the backoff
+            raise failure
+
+    async def _deliveries(self, entry_id: str) -> int:
+        """How many times the consumer group has delivered ``entry_id`` (XPENDING)."""
+        info: Any = await self.redis.xpending_range(
+            self.settings.streams.alerts, GROUP, min=entry_id, max=entry_id, count=1
+        )
+        return int(info[0]["times_delivered"]) if info else 0
 
     async def _dead_letter(
-        self, entry_id: str, fields: Mapping[bytes, bytes], exc: ContractError
+        self, entry_id: str, fields: Mapping[Any, Any], error: str, *, kind: str
     ) -> None:
+        """Park an entry in ``<prefix>:alerts:dead`` (original bytes kept, bounded; see
+        :mod:`qesmon.deadletter`), then acknowledge it."""
         dead_key = self.settings.streams.key("alerts", "dead")
-        self.counters["malformed"] += 1
-        log.error("alert entry %s is malformed, moved to %s: %s", entry_id, dead_key, exc)
-        dead: dict[Any, Any] = {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
-        dead.update(error=str(exc), source_id=entry_id)
-        await self.redis.xadd(dead_key, dead, maxlen=10000, approximate=True)
+        log.error("alert entry %s moved to %s (%s): %s", entry_id, dead_key, kind, error[:500])
+        dead = deadletter.letter(fields, error=error, source_id=entry_id, kind=kind)
+        await self.redis.xadd(
+            dead_key,
+            dead,  # type: ignore[arg-type]
+            maxlen=self.dead_maxlen,
+            approximate=True,
+        )
         await self.redis.xack(self.settings.streams.alerts, GROUP, entry_id)
 
     def _account(self, plan: store.Plan) -> None:
@@ -374,7 +478,9 @@ class Notifier:
 
     def _recorder(self, name: str) -> Callable[[list[OutboxRow], Attempt], Awaitable[None]]:
         async def record(rows: list[OutboxRow], attempt: Attempt) -> None:
-            await store.complete(self.pool, name, rows, attempt, now=self.clock.now())
+            refused = await store.complete(self.pool, name, rows, attempt, now=self.clock.now())
+            if refused is not None:
+                self.counters["record_refused"] += len(rows)
             counter = {
                 "sent": "sent",
                 "retrying": "retried",

@@ -610,6 +610,33 @@ class Attempt:
     next_attempt: float | None = None
 
 
+def is_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database refusing the data (SQLSTATE class 22 data exception,
+    23 integrity violation, or psycopg refusing a value before sending it), as opposed to a
+    lost connection: trying the same data again cannot help."""
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        return True
+    state = getattr(exc, "sqlstate", None)
+    return isinstance(exc, psycopg.Error) and bool(state) and str(state)[:2] in ("22", "23")
+
+
+def describe(exc: BaseException) -> str:
+    """The database's message for ``exc`` with its SQLSTATE, on one line."""
+    state = getattr(exc, "sqlstate", None)
+    diag = getattr(exc, "diag", None)
+    text = (getattr(diag, "message_primary", None) if diag is not None else None) or str(exc)
+    text = " ".join(text.split())
+    return f"{text} (SQLSTATE {state})" if state else f"{type(exc).__name__}: {text}"
+
+
+def storable(text: str | None, limit: int = 1000) -> str | None:
+    """``text`` as a text column can hold it: NUL written as ``\\x00``, at most ``limit``
+    characters (a receiver's answer ends up in error columns as it was sent)."""
+    if text is None:
+        return None
+    return text.replace("\x00", "\\x00")[:limit]
+
+
 async def complete(
     pool: AsyncConnectionPool[Any],
     channel: str,
@@ -617,8 +644,13 @@ async def complete(
     attempt: Attempt,
     *,
     now: float,
-) -> None:
-    """Record one attempt for every row of a group and move the rows on."""
+) -> str | None:
+    """Record one attempt for every row of a group and move the rows on.
+
+    Returns None, or the database's message when it refused the record: the rows are then
+    closed all the same (``sent`` stays sent, anything else becomes ``failed``) with that
+    message as their ``last_error``, and no delivery row is written, so one refused record
+    never puts its rows back in the queue to be sent and refused again."""
     ids = [r.id for r in rows]
     outbox_status = {
         "sent": "sent",
@@ -627,36 +659,67 @@ async def complete(
         "given_up": "given_up",
     }[attempt.status]
     next_at = to_datetime(attempt.next_attempt if attempt.next_attempt is not None else now)
+    error = storable(attempt.error)
+    try:
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE notifier_outbox SET status = %s, attempts = attempts + 1,"
+                " next_attempt_at = %s, locked_until = NULL, locked_by = NULL,"
+                " sent_at = CASE WHEN %s = 'sent' THEN %s::timestamptz END,"
+                " last_status = %s, last_error = %s WHERE id = ANY(%s)",
+                (
+                    outbox_status,
+                    next_at,
+                    attempt.status,
+                    to_datetime(now),
+                    attempt.http_status,
+                    error,
+                    ids,
+                ),
+            )
+            await conn.execute(
+                "INSERT INTO deliveries (alert_id, notification_key, channel, attempt, status,"
+                " http_status, latency_ms, error, created_at)"
+                " SELECT a, k, %s, n, %s, %s, %s, %s, %s"
+                " FROM unnest(%s::bigint[], %s::text[], %s::int[]) AS u(a, k, n)",
+                (
+                    channel,
+                    attempt.status,
+                    attempt.http_status,
+                    attempt.latency_ms,
+                    error,
+                    to_datetime(now),
+                    [r.alert_id for r in rows],
+                    [r.key for r in rows],
+                    [r.attempts + 1 for r in rows],
+                ),
+            )
+        return None
+    except psycopg.Error as exc:
+        if not is_refusal(exc):
+            raise
+        refusal = describe(exc)
+    log.error(
+        "%s: the database refused the record of a delivery attempt (%s) for outbox rows %s;"
+        " closing them as %s",
+        channel,
+        refusal,
+        ids,
+        "sent" if attempt.status == "sent" else "failed",
+    )
     async with pool.connection() as conn, conn.transaction():
         await conn.execute(
             "UPDATE notifier_outbox SET status = %s, attempts = attempts + 1,"
-            " next_attempt_at = %s, locked_until = NULL, locked_by = NULL,"
+            " locked_until = NULL, locked_by = NULL,"
             " sent_at = CASE WHEN %s = 'sent' THEN %s::timestamptz END,"
             " last_status = %s, last_error = %s WHERE id = ANY(%s)",
             (
-                outbox_status,
-                next_at,
+                "sent" if attempt.status == "sent" else "failed",
                 attempt.status,
                 to_datetime(now),
                 attempt.http_status,
-                attempt.error,
+                storable(f"the database refused the delivery record: {refusal}"),
                 ids,
             ),
         )
-        await conn.execute(
-            "INSERT INTO deliveries (alert_id, notification_key, channel, attempt, status,"
-            " http_status, latency_ms, error, created_at)"
-            " SELECT a, k, %s, n, %s, %s, %s, %s, %s"
-            " FROM unnest(%s::bigint[], %s::text[], %s::int[]) AS u(a, k, n)",
-            (
-                channel,
-                attempt.status,
-                attempt.http_status,
-                attempt.latency_ms,
-                attempt.error,
-                to_datetime(now),
-                [r.alert_id for r in rows],
-                [r.key for r in rows],
-                [r.attempts + 1 for r in rows],
-            ),
-        )
+    return refusal

@@ -98,8 +98,6 @@ class AlertTransition:
         Raises :class:`ContractError` naming the field, and nothing else, whatever the entry
         holds; the rules are in the module docstring."""
         text = _decode(fields)
-        at = _number(text, "at", required=True, low=0.0, high=MAX_AT)
-        assert at is not None  # required=True
         return cls(
             fingerprint=_ident(text, "fingerprint", required=True),
             rule_id=_ident(text, "rule_id", required=True),
@@ -107,7 +105,7 @@ class AlertTransition:
             severity=_enum(Severity, text, "severity"),
             from_state=_enum(AlertState, text, "from_state"),
             to_state=_enum(AlertState, text, "to_state"),
-            at=at,
+            at=_instant(text),
             value=_number(text, "value"),
             tenant=_ident(text, "tenant"),
             labels=_mapping(text, "labels", MAX_LABEL_VALUE),
@@ -248,6 +246,13 @@ def _number(
     if (low is not None and value < low) or (high is not None and value > high):
         raise ContractError(f"{name}: {value!r} is outside [{low}, {high}]", name)
     return value
+
+
+def _instant(text: Mapping[str, str]) -> float:
+    """``at``: required, within what a timestamptz column holds."""
+    at = _number(text, "at", required=True, low=0.0, high=MAX_AT)
+    assert at is not None  # required
+    return at
 
 
 def _mapping(text: Mapping[str, str], name: str, value_limit: int) -> dict[str, str]:
