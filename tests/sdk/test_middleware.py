@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
@@ -34,6 +36,15 @@ async def gone(request: web.Request) -> web.Response:
     raise web.HTTPGone()
 
 
+SLOW = 0.3  # seconds the /slow handler takes; the middleware's slow_threshold is below it
+THRESHOLD = 0.2
+
+
+async def slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(SLOW)
+    return web.json_response({})
+
+
 @pytest.fixture
 async def served(settings: Settings) -> AsyncIterator[tuple[str, MetricsCollector]]:
     metrics = MetricsCollector(settings.redis_url, streams=settings.streams, flush_interval=0.01)
@@ -42,6 +53,7 @@ async def served(settings: Settings) -> AsyncIterator[tuple[str, MetricsCollecto
             metrics_middleware(
                 metrics,
                 service="signing-api",
+                slow_threshold=THRESHOLD,
                 tenant_of=lambda request: request.headers.get("X-Tenant"),
             ),
         ]
@@ -50,6 +62,7 @@ async def served(settings: Settings) -> AsyncIterator[tuple[str, MetricsCollecto
     app.router.add_post("/docs", create_doc)
     app.router.add_get("/boom", boom)
     app.router.add_get("/gone", gone)
+    app.router.add_get("/slow", slow)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -114,6 +127,32 @@ async def test_every_request_is_an_http_request_event_with_the_route_not_the_pat
         ),
     ]
     assert all(0 < e.value < 5 for e in events)
+
+
+async def test_the_duration_is_in_seconds_and_slow_requests_are_logged(
+    served: tuple[str, MetricsCollector],
+    aredis: redis.asyncio.Redis,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    base, _ = served
+    caplog.set_level(logging.WARNING, logger="qesmon.sdk.middleware")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/slow") as resp:
+            assert resp.status == 200
+            slow_id = resp.headers["X-Request-ID"]
+        async with http.get(f"{base}/docs/1") as resp:
+            fast_id = resp.headers["X-Request-ID"]
+    slow_event, fast_event = await requests_recorded(served, aredis, settings)
+    # seconds: a handler that sleeps 0.3 s is 0.3 (not 300, not 0.0003), plus the overhead
+    # of one loopback request on a loaded machine
+    assert SLOW <= slow_event.value < SLOW + 0.5, slow_event.value
+    assert 0 < fast_event.value < THRESHOLD, fast_event.value
+    logged = [r.getMessage() for r in caplog.records if r.name == "qesmon.sdk.middleware"]
+    assert [m for m in logged if "slow request" in m] == [
+        f"slow request: GET /slow -> 200 took {slow_event.value:.3f}s (request id {slow_id})"
+    ]
+    assert not [m for m in logged if fast_id in m]
 
 
 async def test_an_exception_is_recorded_as_a_failed_500_and_answered_with_the_request_id(

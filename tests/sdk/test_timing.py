@@ -41,13 +41,13 @@ async def test_blocks_are_timed_and_failures_recorded_then_re_raised(
         (("operation", "select"),),
         True,
     )
-    assert first.value >= 0.02
+    assert 0.02 <= first.value < 0.5  # seconds (a millisecond value would be >= 20)
     assert (second.name, second.labels, second.success) == (
         "external_api",
         (("provider", "tsa"),),
         False,
     )
-    assert second.value >= 0.01
+    assert 0.01 <= second.value < 0.5
     assert (third.labels, third.success) == ((("operation", "insert"),), False)
 
 
