@@ -6,7 +6,8 @@ import pickle
 import random
 
 from qesmon.contract import Event
-from qesmon.sketch import EXACT_LIMIT, Agg, nearest_rank
+from qesmon.sketch import EXACT_LIMIT, Agg
+from tests.pipeline.workload import nearest_rank
 
 
 def events(n: int, seed: int = 1, users: int = 50) -> list[Event]:

@@ -21,8 +21,6 @@ import orjson
 import psycopg
 import redis
 
-from qesmon.sketch import nearest_rank
-
 WIDTHS = (10, 60, 3600)
 CLOCK_METRIC = "test_clock"
 
@@ -42,6 +40,16 @@ class Truth:
 
 
 SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]  # name, tenant, labels
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    """The nearest-rank q-quantile, straight from its definition and independent of the
+    package's own: the smallest value with at least ``q`` of all values at or below it."""
+    ordered = sorted(values)
+    for rank, value in enumerate(ordered, start=1):
+        if rank >= q * len(ordered):
+            return value
+    return ordered[-1]
 
 
 def generate(
