@@ -1,9 +1,9 @@
 """Fault injection: ``qesmon api`` while its TimescaleDB is stopped for real, then restarted.
 
 The database server is a private cluster of this test (the shared one serves everybody else).
-Pins down: health answers 503 with JSON at once, the process idles (no busy retry) during the
-outage, it recovers by itself when the server is back, and SIGTERM ends it within 5 s even
-with the database gone.
+Pins down what the README states: health answers 503 with JSON within 2 s, the process idles
+(no busy retry) during the outage, it recovers by itself when the server is back, and SIGTERM
+ends it within 4 s even with the database gone.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from tests.support.processes import QesmonProcess, settings_env, wait_for
 
 HEALTH = "/api/v1/metrics/health"
 MAX_CPU_SHARE = 0.15
+HEALTH_WITHIN = 2.0  # README: "answers /health with 503 and JSON within 2 s"
+EXIT_WITHIN = 4.0  # README: "exits within 4 s of SIGTERM"
 
 
 @pytest.fixture
@@ -93,7 +95,7 @@ def test_api_idles_answers_503_recovers_and_stops_on_sigterm_while_the_database_
         status, body, seconds = get(port, HEALTH)
         assert status == 503, body
         assert body["status"] == "unhealthy" and not body["checks"]["database"]["ok"]
-        assert seconds < 3.0, f"health took {seconds:.1f} s with the database down"
+        assert seconds < HEALTH_WITHIN, f"health took {seconds:.2f} s with the database down"
         status, body, _ = get(port, "/api/v1/openapi.json")
         assert status == 200  # the process still serves what needs no database
 
@@ -110,8 +112,10 @@ def test_api_idles_answers_503_recovers_and_stops_on_sigterm_while_the_database_
         wait_for(lambda: get(port, HEALTH)[0] == 503, 10, "health 503 on the second outage")
         started = time.monotonic()
         api.proc.terminate()
-        api.proc.wait(timeout=5)
-        assert time.monotonic() - started < 5.0
+        api.proc.wait(timeout=EXIT_WITHIN + 5)
+        took = time.monotonic() - started
+        assert took < EXIT_WITHIN, f"exit took {took:.2f} s after SIGTERM"
+        print(f"health with the database down: {seconds:.2f} s; exit after SIGTERM: {took:.2f} s")
     finally:
         if api.alive():
             api.kill()
