@@ -44,7 +44,10 @@ class RulesLogic(StatefulLogic[RulesInput, list[AlertTransition], bytes]):
         state: bytes | None = None
         if resume is not None:
             state, self.watermarks = pickle.loads(resume)
-        self.evaluator = Evaluator(self.watcher.rules, state)
+        self.evaluator = Evaluator(
+            self.watcher.rules, state, max_groups_per_rule=settings.max_alert_groups_per_rule
+        )
+        self._limited = 0
         self._publish_status()
 
     def _publish_status(self) -> None:
@@ -65,6 +68,13 @@ class RulesLogic(StatefulLogic[RulesInput, list[AlertTransition], bytes]):
         transitions: list[AlertTransition] = []
         if self.watermarks:
             transitions = self.evaluator.advance(min(self.watermarks.values()))
+        limited = self.evaluator.stats.limited - self._limited
+        if limited:
+            self._limited += limited
+            log.warning("%s (%d group(s) this time)", self.evaluator.stats.last_limit, limited)
+            if self.stats is not None:
+                self.stats.incr("alert_groups_limited_total", limited)
+                self.stats.set_note("last_alert_limit", self.evaluator.stats.last_limit)
         errors = self.evaluator.drain_errors()
         if errors:
             for message in errors[:20]:

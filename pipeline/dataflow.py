@@ -14,6 +14,7 @@ Steps, one Bytewax item per XREAD batch (per-item engine overhead is paid per ba
 
 from __future__ import annotations
 
+import logging
 import pickle
 import time
 from collections.abc import Callable
@@ -27,11 +28,43 @@ from pipeline.alerting import AlertSink, RulesLogic
 from pipeline.health import PipelineStats
 from pipeline.live import LivePublisher
 from pipeline.sinks import DeadLetter, DeadLetterSink, RollupSink
-from pipeline.source import InFlight, ReadBatch, RedisStreamSource
+from pipeline.source import Entry, InFlight, ReadBatch, RedisStreamSource
 from pipeline.windows import ShardWindows
-from qesmon.contract import event_fields, parse_entries
+from qesmon.contract import (
+    EventColumns,
+    Rejection,
+    entry_time,
+    event_fields,
+    parse_entries,
+    parse_entry,
+)
 from qesmon.series import ROLLUP_WIDTHS, WindowResult
 from qesmon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _parse(entries: list[Entry], max_entry_bytes: int) -> tuple[EventColumns, list[Rejection]]:
+    """The contract parser over one read, with a last line of defence: the parser never raises
+    on bad input by design, but should a bug make it raise, the read is parsed entry by entry
+    and an entry that still raises becomes a dead letter, so no entry can stop the pipeline."""
+    try:
+        return parse_entries(entries, max_entry_bytes)
+    except Exception:
+        log.exception("the contract parser raised on a read; parsing it entry by entry")
+    events = EventColumns()
+    rejections: list[Rejection] = []
+    for entry_id, fields in entries:
+        try:
+            parsed, rejected = parse_entry(entry_id, fields, max_entry_bytes)
+        except Exception as exc:
+            log.exception("the contract parser raised on entry %s", entry_id)
+            rejections.append(Rejection(entry_id, f"internal parser error: {exc!r}", fields))
+            continue
+        for event in parsed:
+            events.append(event, entry_time(entry_id), entry_id)
+        rejections += rejected
+    return events, rejections
 
 
 @dataclass(slots=True)
@@ -55,6 +88,7 @@ class WindowLogic(StatefulLogic[ReadBatch, WindowOutput, bytes]):
     ) -> None:
         self.stats = stats
         self.inflight = inflight
+        self.max_entry_bytes = settings.max_entry_bytes
         self.live = LivePublisher(settings.redis_url, settings.key_prefix)
         if resume is not None:
             self.windows: ShardWindows = pickle.loads(resume)
@@ -63,12 +97,15 @@ class WindowLogic(StatefulLogic[ReadBatch, WindowOutput, bytes]):
             self.windows = ShardWindows(
                 settings.window_seconds, widths, settings.watermark_wait, settings.allowed_lateness
             )
+        # the limits are settings, not state: a restart with new values applies them
+        self.windows.max_series_per_tenant = settings.max_series_per_tenant
+        self.windows.max_series = settings.max_series
 
     def on_item(self, batch: ReadBatch) -> tuple[list[WindowOutput], bool]:
         # Parsing here rather than in a map step of its own: Bytewax runs a map far ahead of
         # the stateful step within an epoch, and parsed events take ~3x the memory of the raw
         # entries they came from (600k events parsed ahead cost ~250 MB).
-        events, rejections = parse_entries(batch.entries)
+        events, rejections = _parse(batch.entries, self.max_entry_bytes)
         if self.inflight is not None and batch.weight:
             self.inflight.done(batch.weight)
         windows = self.windows
@@ -77,7 +114,10 @@ class WindowLogic(StatefulLogic[ReadBatch, WindowOutput, bytes]):
         results = windows.advance(time.time())
         if self.live.due(batch.caught_up):
             self.live.publish(windows.take_touched())
-        dead = [DeadLetter(r.source_id, r.error, "invalid", dict(r.fields)) for r in rejections]
+        dead = [DeadLetter(r.source_id, r.error, "invalid", r.fields) for r in rejections]
+        limited = windows.take_limited()
+        for over in limited:
+            dead.append(DeadLetter(over.source_id, over.reason, "limit", event_fields(over.event)))
         for item in late:
             e = item.event
             fields = event_fields(e)
@@ -98,6 +138,10 @@ class WindowLogic(StatefulLogic[ReadBatch, WindowOutput, bytes]):
                 stats.incr("dead_letters_total", len(dead))
             if late:
                 stats.incr("late_events_total", len(late))
+            if limited:
+                stats.incr("limited_events_total", len(limited))
+                stats.set_note("last_limit", limited[-1].reason)
+            stats.set_active_series(batch.stream, windows.active_series)
         output = WindowOutput(results, dead, windows.watermark(time.time()))
         return [output], StatefulLogic.RETAIN
 
@@ -145,13 +189,25 @@ def build_flow(
         "window", reads, lambda resume: WindowLogic(settings, stats, resume, inflight)
     )
     results = op.filter_map("rollups", outputs, lambda kv: kv[1].results or None)
+    dead_sink = DeadLetterSink(
+        settings.redis_url,
+        settings.streams.dead,
+        maxlen=settings.dead_letter_maxlen,
+        max_bytes=settings.dead_letter_max_bytes,
+    )
     op.output(
         "write_rollups",
         results,
-        RollupSink(settings.database_url, settings.watermark_wait, settings.window_seconds, stats),
+        RollupSink(
+            settings.database_url,
+            settings.watermark_wait,
+            settings.window_seconds,
+            stats,
+            dead=dead_sink,
+        ),
     )
     dead = op.filter_map("dead", outputs, lambda kv: kv[1].dead or None)
-    op.output("write_dead", dead, DeadLetterSink(settings.redis_url, settings.streams.dead))
+    op.output("write_dead", dead, dead_sink)
     live = op.filter("live_shards", outputs, lambda kv: kv[0] != settings.streams.backfill)
     to_rules = op.map(
         "to_rules", live, lambda kv: ("rules", (kv[0], kv[1].results, kv[1].watermark))

@@ -36,6 +36,8 @@ class PipelineStats:
         self.totals: dict[str, float] = defaultdict(float)
         self.gauges: dict[str, float] = {}
         self.lags: dict[str, int] = {}
+        self.series: dict[str, int] = {}
+        self.notes: dict[str, str] = {}
         self.close_delays: list[float] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -48,6 +50,17 @@ class PipelineStats:
     def set_gauge(self, name: str, value: float) -> None:
         with self._lock:
             self.gauges[name] = value
+
+    def set_note(self, name: str, text: str) -> None:
+        """A short text for operators (e.g. the last limit hit), published with the gauges."""
+        with self._lock:
+            self.notes[name] = text[:500]
+
+    def set_active_series(self, stream: str, count: int) -> None:
+        """Active series of one shard; ``active_series`` is their sum in this process."""
+        with self._lock:
+            self.series[stream] = count
+            self.gauges["active_series"] = sum(self.series.values())
 
     def set_lag(self, stream: str, entries: int) -> None:
         with self._lock:
@@ -79,6 +92,7 @@ class PipelineStats:
             self._pending.clear()
             gauges = dict(self.gauges)
             lags = dict(self.lags)
+            notes = dict(self.notes)
         pipe = client.pipeline(transaction=False)
         for name, amount in pending.items():
             pipe.hincrbyfloat(key, name, amount)
@@ -86,7 +100,9 @@ class PipelineStats:
             pipe.hset(f"{key}:lag", mapping={k: v for k, v in lags.items()})
         if "heartbeat" not in gauges:  # nothing processed yet: the process itself is alive
             gauges["heartbeat"] = time.time()
-        pipe.hset(key, mapping={k: repr(v) for k, v in gauges.items()})
+        fields: dict[str, str] = {k: repr(v) for k, v in gauges.items()}
+        fields.update(notes)
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         pipe.execute()
         if lags:
             total = sum(int(v) for v in client.hvals(f"{key}:lag"))

@@ -5,10 +5,13 @@ exporter want fresher numbers. Every ``interval`` (250 ms; every second while th
 catching up on a backlog) the window step hands the base windows that changed to
 :class:`LivePublisher`, which
 
-* ``PUBLISH``es them on ``<prefix>:live`` as one JSON message
+* ``PUBLISH``es them on ``<prefix>:live`` as JSON messages
   ``{"at": <unix time>, "windows": [{"name", "type", "tenant", "labels", "width_s", "start",
   "count", "errors", "sum", "min", "max", "p50", "p95", "p99", "distinct_users"}, ...]}``
-  for subscribers (the API's server-sent events), and
+  for subscribers (the API's server-sent events), each at most ``MAX_MESSAGE_BYTES`` (a read
+  touching 10,000 series becomes several messages: one message of megabytes would overflow
+  Redis's pub/sub client output buffer, 8 MB soft / 32 MB hard by default, and Redis would
+  disconnect every subscriber), and
 * keeps the latest value of each in the hash ``<prefix>:live:windows:<start>`` (one hash per
   window start, field = the series as JSON ``[name, type, tenant, labels]``, expiring a minute
   after its last update) for readers that join late.
@@ -29,6 +32,9 @@ import redis
 from qesmon.series import WindowResult
 
 log = logging.getLogger(__name__)
+
+#: the largest pub/sub message the publisher sends
+MAX_MESSAGE_BYTES = 256 * 1024
 
 
 def window_json(result: WindowResult) -> dict[str, Any]:
@@ -52,6 +58,24 @@ def window_json(result: WindowResult) -> dict[str, Any]:
         "p99": p99,
         "distinct_users": agg.distinct_users(),
     }
+
+
+def messages(at: float, encoded: list[bytes], limit: int = MAX_MESSAGE_BYTES) -> list[bytes]:
+    """Pub/sub messages ``{"at", "windows"}`` holding the encoded windows, each at most
+    ``limit`` bytes (a single window larger than that still goes alone)."""
+    head = b'{"at":' + orjson.dumps(at) + b',"windows":['
+    out: list[bytes] = []
+    chunk: list[bytes] = []
+    size = len(head) + 2
+    for data in encoded:
+        if chunk and size + len(data) + 1 > limit:
+            out.append(head + b",".join(chunk) + b"]}")
+            chunk, size = [], len(head) + 2
+        chunk.append(data)
+        size += len(data) + 1
+    if chunk:
+        out.append(head + b",".join(chunk) + b"]}")
+    return out
 
 
 class LivePublisher:
@@ -81,15 +105,16 @@ class LivePublisher:
         if not results:
             return
         windows = [window_json(r) for r in results]
-        message = orjson.dumps({"at": time.time(), "windows": windows})
+        encoded = [orjson.dumps(w) for w in windows]
         by_start: dict[str, dict[bytes, bytes]] = {}
-        for w in windows:
+        for w, data in zip(windows, encoded, strict=True):
             key = f"{self.hash_prefix}:{int(w['start'])}"
             field = orjson.dumps([w["name"], w["type"], w["tenant"], w["labels"]])
-            by_start.setdefault(key, {})[field] = orjson.dumps(w)
+            by_start.setdefault(key, {})[field] = data
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.publish(self.channel, message)
+            for message in messages(time.time(), encoded):
+                pipe.publish(self.channel, message)
             for key, fields in by_start.items():
                 pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
                 pipe.expire(key, 60)

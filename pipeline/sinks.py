@@ -4,7 +4,10 @@
 temporary stage, then one ``INSERT ... ON CONFLICT DO UPDATE`` that *replaces* the row, so a
 replay after a crash overwrites instead of adding. When the database is down it waits and
 retries the same batch with backoff — it blocks the worker on purpose, which stops the source
-from reading further (backpressure) — and never drops a batch.
+from reading further (backpressure) — and never drops a batch. What the database *refuses*
+(SQLSTATE classes 22, 23, 54: see :func:`qesmon.db.is_refusal`) is not retried: the batch is
+halved until the refused windows are alone, the rest is written, and each refused window
+becomes a dead letter (kind ``refused``) with the database's message.
 
 The Bytewax sink classes at the bottom are thin wrappers around the writers.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +28,8 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from pipeline.health import PipelineStats
-from qesmon.db import connect
+from qesmon import deadletter
+from qesmon.db import connect, is_refusal
 from qesmon.retry import retry_forever
 from qesmon.series import Series, WindowResult
 
@@ -85,13 +89,17 @@ class RollupWriter:
         wait: float = 0.0,
         base_width: int = 10,
         stats: PipelineStats | None = None,
+        on_refused: Callable[[Sequence[DeadLetter]], None] | None = None,
     ) -> None:
         self.database_url = database_url
         self.wait = wait
         self.base_width = base_width
         self.stats = stats
+        self.on_refused = on_refused
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._series_ids: dict[Series, int] = {}
+        # series whose row the database refused: their windows go to the dead letters at once
+        self._refused_series: dict[Series, str] = {}
 
     def write(self, results: Iterable[WindowResult]) -> None:
         latest: dict[tuple[Series, int, float], WindowResult] = {}
@@ -101,7 +109,27 @@ class RollupWriter:
             return
         batch = list(latest.values())
         started = time.perf_counter()
-        retry_forever("database", lambda: self._write(batch), self._reset, doing=" writing rollups")
+        refused: list[DeadLetter] = []
+        if self._refused_series:
+            kept = []
+            for r in batch:
+                known = self._refused_series.get(r.series)
+                if known is None:
+                    kept.append(r)
+                else:
+                    refused.append(_refused_letter(r, known))
+            batch = kept
+        self._write_isolating(batch, refused)
+        if refused:
+            log.warning(
+                "the database refused %d rollup row(s), sent to the dead letters: %s",
+                len(refused),
+                refused[0].error,
+            )
+            if self.stats is not None:
+                self.stats.incr("db_refused_total", len(refused))
+            if self.on_refused is not None:
+                self.on_refused(refused)
         done = time.time()
         if self.stats is not None:
             self.stats.incr("sink_rows_total", len(batch))
@@ -109,6 +137,40 @@ class RollupWriter:
             for result in batch:
                 if result.revision == 0 and result.width_s == self.base_width:
                     self.stats.record_close_delay(done - (result.end + self.wait))
+
+    def _write_isolating(self, batch: list[WindowResult], refused: list[DeadLetter]) -> None:
+        """Write ``batch``; windows the database refuses go to ``refused`` (halving to find
+        them), connection trouble is waited out as always."""
+        if not batch:
+            return
+        try:
+            retry_forever(
+                "database", lambda: self._write(batch), self._reset, doing=" writing rollups"
+            )
+            return
+        except psycopg.Error as exc:
+            if not is_refusal(exc):
+                raise
+            self._rollback()
+            problem = _db_message(exc)
+        if len(batch) == 1:
+            result = batch[0]
+            if result.series not in self._series_ids:  # its series row was what failed
+                if len(self._refused_series) >= 10_000:
+                    self._refused_series.clear()
+                self._refused_series[result.series] = problem
+            refused.append(_refused_letter(result, problem))
+            return
+        mid = len(batch) // 2
+        self._write_isolating(batch[:mid], refused)
+        self._write_isolating(batch[mid:], refused)
+
+    def _rollback(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.rollback()
+            except psycopg.Error:
+                self._reset()
 
     def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._conn is None or self._conn.closed:
@@ -187,33 +249,79 @@ class RollupWriter:
         self._reset()
 
 
+def _db_message(exc: psycopg.Error) -> str:
+    text = str(exc).strip().splitlines()
+    return f"database refused it ({exc.sqlstate}): {text[0] if text else type(exc).__name__}"
+
+
+def _refused_letter(result: WindowResult, problem: str) -> DeadLetter:
+    """A refused rollup row as a dead letter: its series, window and count (the events
+    themselves were aggregated; the series and window say which producer to look at)."""
+    s = result.series
+    fields = {
+        "name": s.name,
+        "type": s.type,
+        "tenant": s.tenant,
+        "labels": orjson.dumps(dict(s.labels)).decode("utf-8", "surrogateescape"),
+        "width_s": str(result.width_s),
+        "window_start": repr(result.start),
+        "count": str(result.agg.count),
+    }
+    source = f"rollup:{s.name[:100]}:{result.width_s}:{result.start:.0f}"
+    return DeadLetter(source, problem, "refused", fields)
+
+
 @dataclass(slots=True)
 class DeadLetter:
-    """An entry or event that was not counted, and why (kind: ``invalid`` or ``late``)."""
+    """An entry, event or window that was not counted, and why.
+
+    ``kind``: ``invalid`` (breaks the contract), ``late`` (after the allowed lateness),
+    ``limit`` (over a cardinality limit) or ``refused`` (the database refused it).
+    ``fields`` are the original fields, as received (``qesmon.deadletter`` bounds them and
+    keeps bytes that are not UTF-8 as base64).
+    """
 
     source_id: str
     error: str
     kind: str
-    fields: dict[str, str]
+    fields: Mapping[str, str]
 
 
 class DeadLetterWriter:
-    """Appends dead letters to the ``qes:metrics:dead`` stream (capped, oldest dropped)."""
+    """Appends dead letters to the ``qes:metrics:dead`` stream, each at most ``max_bytes``,
+    the stream capped at about ``maxlen`` entries (oldest dropped): worst case about
+    ``maxlen * (max_bytes + 100)`` bytes of Redis memory."""
 
-    def __init__(self, redis_url: str, stream: str, *, maxlen: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        stream: str,
+        *,
+        maxlen: int = 50_000,
+        max_bytes: int = deadletter.MAX_LETTER_BYTES,
+    ) -> None:
         self.client = redis.Redis.from_url(redis_url, socket_timeout=10)
         self.stream = stream
         self.maxlen = maxlen
+        self.max_bytes = max_bytes
 
     def write(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
             return
+        encoded = [
+            deadletter.letter(
+                d.fields,
+                error=d.error,
+                source_id=d.source_id,
+                kind=d.kind,
+                max_bytes=self.max_bytes,
+            )
+            for d in letters
+        ]
 
         def push() -> None:
             pipe = self.client.pipeline(transaction=False)
-            for letter in letters:
-                fields = dict(letter.fields)
-                fields.update(error=letter.error, source_id=letter.source_id, kind=letter.kind)
+            for fields in encoded:
                 pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
             pipe.execute()
 
@@ -239,27 +347,61 @@ class RollupSink(DynamicSink[list[WindowResult]]):
     """Bytewax sink: lists of window results -> :class:`RollupWriter` (one per worker)."""
 
     def __init__(
-        self, database_url: str, wait: float, base_width: int, stats: PipelineStats | None
+        self,
+        database_url: str,
+        wait: float,
+        base_width: int,
+        stats: PipelineStats | None,
+        dead: DeadLetterSink | None = None,
     ) -> None:
         self.database_url = database_url
         self.wait = wait
         self.base_width = base_width
         self.stats = stats
+        self.dead = dead
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _WriterPartition:
+        dead = self.dead.build(step_id, worker_index, worker_count) if self.dead else None
         writer = RollupWriter(
-            self.database_url, wait=self.wait, base_width=self.base_width, stats=self.stats
+            self.database_url,
+            wait=self.wait,
+            base_width=self.base_width,
+            stats=self.stats,
+            on_refused=dead.write_letters if dead else None,
         )
-        return _WriterPartition(writer.write, writer.close)
+
+        def close() -> None:
+            writer.close()
+            if dead is not None:
+                dead.close()
+
+        return _WriterPartition(writer.write, close)
 
 
 class DeadLetterSink(DynamicSink[list[DeadLetter]]):
     """Bytewax sink: lists of dead letters -> :class:`DeadLetterWriter`."""
 
-    def __init__(self, redis_url: str, stream: str) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        stream: str,
+        *,
+        maxlen: int = 50_000,
+        max_bytes: int = deadletter.MAX_LETTER_BYTES,
+    ) -> None:
         self.redis_url = redis_url
         self.stream = stream
+        self.maxlen = maxlen
+        self.max_bytes = max_bytes
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _WriterPartition:
-        writer = DeadLetterWriter(self.redis_url, self.stream)
-        return _WriterPartition(writer.write, writer.close)
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadPartition:
+        writer = DeadLetterWriter(
+            self.redis_url, self.stream, maxlen=self.maxlen, max_bytes=self.max_bytes
+        )
+        return _DeadPartition(writer)
+
+
+class _DeadPartition(_WriterPartition):
+    def __init__(self, writer: DeadLetterWriter) -> None:
+        super().__init__(writer.write, writer.close)
+        self.write_letters = writer.write

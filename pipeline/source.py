@@ -113,7 +113,15 @@ class RedisStreamSource(FixedPartitionedSource[tuple[str, ReadBatch], SourceStat
     ) -> StreamPartition:
         last_id, entries_read = resume_state or ("0-0", 0)
         return StreamPartition(
-            redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=10),
+            # Any bytes at all may be in an entry: decoding with surrogateescape keeps bytes
+            # that are not UTF-8 as escapes (lossless, refused by the contract, restored to
+            # the original bytes in the dead letter) instead of raising in the client.
+            redis.Redis.from_url(
+                self.redis_url,
+                decode_responses=True,
+                encoding_errors="surrogateescape",
+                socket_timeout=10,
+            ),
             for_part,
             last_id,
             entries_read,

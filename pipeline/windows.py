@@ -25,6 +25,14 @@ Window life cycle (base width ``W``, allowed lateness ``L``):
 
 A minute or hour window's value is its accumulator merged with the base windows inside it
 that are not final yet; it is emitted when ``wm >= end`` and dropped at ``end + L``.
+
+Cardinality. A series is *active* while it has a window of the widest level open (up to an
+hour and the lateness after its last event). A new series is admitted only while its tenant
+has fewer than ``max_series_per_tenant`` active series and the shard fewer than
+``max_series``; the events of a series that is not admitted are set aside as
+:class:`Limited` (the pipeline dead-letters them as ``limit``), so a producer that sends a new
+label value with every event cannot exhaust memory. The limits are checked when events are
+counted into windows, so at the limit which new series get in may differ after a replay.
 """
 
 from __future__ import annotations
@@ -66,6 +74,15 @@ class Late:
 
 
 @dataclass(slots=True)
+class Limited:
+    """An event of a series that was not admitted: its tenant or the shard is at its limit."""
+
+    event: Event
+    source_id: str
+    reason: str
+
+
+@dataclass(slots=True)
 class _Level:
     width: int
     windows: dict[WindowKey, _Window] = field(default_factory=dict)
@@ -90,6 +107,9 @@ class ShardWindows:
         upper_widths: Iterable[int] = (60, 3600),
         wait: float = 2.0,
         lateness: float = 30.0,
+        *,
+        max_series_per_tenant: int | None = None,
+        max_series: int | None = None,
     ) -> None:
         uppers = tuple(upper_widths)
         for width in uppers:
@@ -112,6 +132,13 @@ class ShardWindows:
         self._pending_first_end = math.inf
         #: base windows that got events since the last :meth:`take_touched` (live cache)
         self.touched: set[WindowKey] = set()
+        self.max_series_per_tenant = max_series_per_tenant
+        self.max_series = max_series
+        #: active series -> its open windows of the widest level; active series per tenant
+        self._series_windows: dict[SeriesKey, int] = {}
+        self._tenant_series: dict[str, int] = {}
+        #: events of series that were not admitted, until :meth:`take_limited`
+        self.limited: list[Limited] = []
 
     # -- feeding -----------------------------------------------------------------------------
 
@@ -183,6 +210,12 @@ class ShardWindows:
             key = ((name, mtype, tenant, labels), int(start))
             window = windows.get(key)
             if window is None:
+                refusal = self._admit(key[0])
+                if refusal is not None:
+                    self.limited += [
+                        Limited(events.event(i), events.entry_ids[i], refusal) for i in picked
+                    ]
+                    continue
                 window = self._open(key)
             if len(picked) == 1:
                 i = picked[0]
@@ -225,6 +258,53 @@ class ShardWindows:
         self.max_ts = max_ts
         return in_time
 
+    def _admit(self, series: SeriesKey) -> str | None:
+        """None if ``series`` may open a window; else why not (the limit it would break)."""
+        if series in self._series_windows:
+            return None
+        tenant = series[2]
+        per_tenant = self.max_series_per_tenant
+        if per_tenant is not None and self._tenant_series.get(tenant, 0) >= per_tenant:
+            return (
+                f"limit: tenant {tenant[:100]!r} already has {per_tenant} active series "
+                "(MAX_SERIES_PER_TENANT); a new label value on every event?"
+            )
+        if self.max_series is not None and len(self._series_windows) >= self.max_series:
+            return (
+                f"limit: the shard already has {self.max_series} active series (MAX_SERIES); "
+                f"series of tenant {tenant[:100]!r} not admitted"
+            )
+        return None
+
+    def _top_opened(self, series: SeriesKey) -> None:
+        count = self._series_windows.get(series, 0)
+        if count == 0:
+            tenant = series[2]
+            self._tenant_series[tenant] = self._tenant_series.get(tenant, 0) + 1
+        self._series_windows[series] = count + 1
+
+    def _top_dropped(self, series: SeriesKey) -> None:
+        count = self._series_windows[series] - 1
+        if count:
+            self._series_windows[series] = count
+            return
+        del self._series_windows[series]
+        tenant = series[2]
+        left = self._tenant_series[tenant] - 1
+        if left:
+            self._tenant_series[tenant] = left
+        else:
+            del self._tenant_series[tenant]
+
+    def take_limited(self) -> list[Limited]:
+        """The events set aside by the cardinality limits since the last call."""
+        out, self.limited = self.limited, []
+        return out
+
+    @property
+    def active_series(self) -> int:
+        return len(self._series_windows)
+
     def _open(self, key: WindowKey) -> _Window:
         base = self.base
         window = _Window(Agg())
@@ -233,6 +313,8 @@ class ShardWindows:
         base.to_emit.setdefault(end, set()).add(key)
         base.to_drop.setdefault(end, set()).add(key)
         series = key[0]
+        if not self.uppers:
+            self._top_opened(series)
         for level in self.uppers:
             ukey = (series, key[1] - key[1] % level.width)
             if ukey not in level.windows:
@@ -240,6 +322,8 @@ class ShardWindows:
                 uend = ukey[1] + level.width
                 level.to_emit.setdefault(uend, set()).add(ukey)
                 level.to_drop.setdefault(uend, set()).add(ukey)
+                if level is self.uppers[-1]:
+                    self._top_opened(series)
         return window
 
     def _mark_dirty(self, level: _Level, key: WindowKey, window: _Window) -> None:
@@ -308,10 +392,15 @@ class ShardWindows:
                 for level in self.uppers:
                     ukey = (key[0], key[1] - key[1] % level.width)
                     level.windows[ukey].agg.merge(window.agg)
+                if not self.uppers:
+                    self._top_dropped(key[0])
+        top = self.uppers[-1] if self.uppers else None
         for level in self.uppers:
             for end in sorted(e for e in level.to_drop if e <= horizon):
                 for ukey in level.to_drop.pop(end):
                     del level.windows[ukey]
+                    if level is top:
+                        self._top_dropped(ukey[0])
 
     def _result(self, level: _Level, key: WindowKey, window: _Window) -> WindowResult:
         series_key, start = key
@@ -345,6 +434,15 @@ class ShardWindows:
     @property
     def open_windows(self) -> int:
         return len(self.base.windows) + sum(len(level.windows) for level in self.uppers)
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        if "_series_windows" not in state:  # a snapshot from before the limits: rebuild
+            self.max_series_per_tenant = self.max_series = None
+            self._series_windows, self._tenant_series, self.limited = {}, {}, []
+            top = self.uppers[-1] if self.uppers else self.base
+            for series, _ in top.windows:
+                self._top_opened(series)
 
     def __getstate__(self) -> dict[str, object]:
         # After a restore nobody knows whether the stream is drained: start from the data.

@@ -50,10 +50,21 @@ MAX_BATCH = 10_000
 MAX_FUTURE_SECONDS = 300.0
 #: event times before 2000-01-01 are refused as nonsense
 MIN_TS = 946_684_800.0
+#: ... and so are times from 2100-01-01 on (an entry ID chosen far ahead would give one)
+MAX_TS = 4_102_444_800.0
+#: a number (``value``, ``ts``) written as text has at most this many characters
+MAX_NUMBER_TEXT = 64
+#: an entry larger than this (keys and values, in UTF-8 bytes) is refused before it is
+#: parsed; the pipeline's ``MAX_ENTRY_BYTES`` setting overrides it
+MAX_ENTRY_BYTES = 4 * 2**20
 
 FIELDS = frozenset(("name", "value", "type", "ts", "tenant", "user", "labels", "success", "v"))
 _TYPES = {t.value: t.value for t in MetricType}
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+# what a label value may not hold: C0 and C1 control characters (NUL included: PostgreSQL
+# cannot store it), DEL, and surrogates (bytes that were not UTF-8, decoded with
+# surrogateescape, or lone surrogates)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.-]*")
 _TRUE = frozenset(("true", "1", "yes", "True", "TRUE"))
 _FALSE = frozenset(("false", "0", "no", "False", "FALSE"))
@@ -113,11 +124,44 @@ def entry_time(entry_id: str) -> float:
 
 
 def _text(fields: Mapping[Any, Any]) -> dict[str, str]:
+    """Fields as text; bytes that are not UTF-8 become surrogate escapes (lossless, and
+    refused by every check below), exactly as the pipeline's Redis client decodes them."""
     out: dict[str, str] = {}
     for k, v in fields.items():
-        key = k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)
-        out[key] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+        key = k.decode("utf-8", "surrogateescape") if isinstance(k, bytes) else str(k)
+        out[key] = v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v)
     return out
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _is_utf8(text: str) -> bool:
+    """False when ``text`` holds surrogates: bytes that were not UTF-8, or lone surrogates."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(text: Mapping[str, str], max_bytes: int) -> str | None:
+    """Why an entry's raw fields are refused before any field is parsed, or None."""
+    size = 0
+    for key, value in text.items():
+        size += len(key) + len(value)
+    if size * 4 > max_bytes:  # only then can the UTF-8 size exceed the bound
+        size = sum(_utf8_size(k) + _utf8_size(v) for k, v in text.items())
+        if size > max_bytes:
+            return f"entry: {size} bytes, at most {max_bytes} allowed"
+    for key, value in text.items():
+        for part, what in ((key, "field name"), (value, f"{key[:50]!r}")):
+            if not _is_utf8(part):
+                return f"{what}: not valid UTF-8 (the dead letter keeps the bytes as base64)"
+    return None
 
 
 def _all_str(fields: dict[Any, Any]) -> bool:
@@ -139,12 +183,14 @@ def _parse_rfc3339(raw: str) -> float:
 
 def _parse_ts(raw: object, default: float) -> float:
     if raw is None or raw == "":
-        return default
-    if isinstance(raw, bool):
+        ts = default
+    elif isinstance(raw, bool):
         raise _Invalid("ts: expected Unix seconds or an RFC 3339 time, got a boolean")
-    if isinstance(raw, int | float):
+    elif isinstance(raw, int | float):
         ts = float(raw)
     elif isinstance(raw, str):
+        if len(raw) > MAX_NUMBER_TEXT:
+            raise _Invalid(f"ts: longer than {MAX_NUMBER_TEXT} chars")
         try:
             ts = float(raw)
         except ValueError:
@@ -154,12 +200,17 @@ def _parse_ts(raw: object, default: float) -> float:
     if not math.isfinite(ts):
         raise _Invalid(f"ts: {ts} is not a finite time")
     if ts < MIN_TS:
-        raise _Invalid(f"ts: {ts} is before 2000-01-01 (milliseconds instead of seconds?)")
+        raise _Invalid(
+            f"ts: {ts} is before 2000-01-01 (milliseconds instead of seconds? or the entry "
+            "ID's time is)"
+        )
     if ts > default + MAX_FUTURE_SECONDS:
         raise _Invalid(
             f"ts: {ts} is {ts - default:.0f} s ahead of the entry's time "
             f"(at most {MAX_FUTURE_SECONDS:.0f} s allowed)"
         )
+    if ts >= MAX_TS:
+        raise _Invalid(f"ts: {ts} is after 2100-01-01 (or the entry ID's time is)")
     return ts
 
 
@@ -224,6 +275,8 @@ def _check_labels(obj: object) -> tuple[tuple[str, str], ...]:
     if len(obj) > MAX_LABELS:
         raise _Invalid(f"labels: {len(obj)} pairs, at most {MAX_LABELS} allowed")
     for key, value in obj.items():
+        if not isinstance(key, str):  # a dict built in Python, not JSON
+            raise _Invalid(f"labels: keys must be strings, got {type(key).__name__}")
         if not isinstance(value, str):
             raise _Invalid(
                 f"labels: value of {key[:50]!r} must be a string, got {type(value).__name__}"
@@ -235,6 +288,11 @@ def _check_labels(obj: object) -> tuple[tuple[str, str], ...]:
             )
         if len(value) > MAX_LABEL_VALUE:
             raise _Invalid(f"labels: value of {key!r} is longer than {MAX_LABEL_VALUE} chars")
+        if _CONTROL.search(value):
+            raise _Invalid(
+                f"labels: value of {key!r} contains a control character (NUL, U+0001-U+001F, "
+                "U+007F-U+009F) or bytes that are not UTF-8"
+            )
     return tuple(sorted(obj.items()))
 
 
@@ -250,7 +308,10 @@ def _parse_id(field: str, raw: object) -> str | None:
     if len(raw) > MAX_ID:
         raise _Invalid(f"{field}: longer than {MAX_ID} chars")
     if not raw.isprintable():
-        raise _Invalid(f"{field}: contains control characters")
+        raise _Invalid(
+            f"{field}: contains control or invisible format characters, or bytes that are "
+            "not UTF-8 (ids must be printable)"
+        )
     if len(_good_ids) >= _CACHE_LIMIT:
         _good_ids.clear()
     _good_ids.add(raw)
@@ -283,6 +344,8 @@ def _parse_event(obj: Mapping[str, Any], default_ts: float) -> Event:
         raise _Invalid("value: missing")
     if isinstance(raw_value, bool) or not isinstance(raw_value, str | int | float):
         raise _Invalid(f"value: expected a number, got {type(raw_value).__name__}")
+    if isinstance(raw_value, str) and len(raw_value) > MAX_NUMBER_TEXT:
+        raise _Invalid(f"value: longer than {MAX_NUMBER_TEXT} chars")
     try:
         value = float(raw_value)
     except ValueError:
@@ -333,19 +396,24 @@ def validate_event(obj: Mapping[str, Any], now: float) -> Event:
 
 
 def _open_entry(
-    entry_id: str | bytes, fields: Mapping[Any, Any]
+    entry_id: str | bytes, fields: Mapping[Any, Any], max_bytes: int
 ) -> tuple[str, dict[str, str], float, list[Any] | None] | Rejection:
     """An entry's ID, text fields, time and, for an ``events`` entry, its elements."""
-    sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    sid = entry_id.decode("utf-8", "replace") if isinstance(entry_id, bytes) else str(entry_id)
     # A client with decode_responses=True already gives str keys and values: skip the copy.
     text = fields if isinstance(fields, dict) and _all_str(fields) else _text(fields)
     try:
         default_ts = entry_time(sid)
     except ValueError:
-        return Rejection(sid, f"entry id {sid!r} is not <ms>-<seq>", text)
+        return Rejection(sid, f"entry id {sid[:60]!r} is not <ms>-<seq>", text)
     batch = text.get("events")
     if batch is None:
+        problem = _check_text(text, max_bytes)
+        if problem is not None:
+            return Rejection(sid, problem, text)
         return sid, text, default_ts, None
+    if len(batch) * 4 > max_bytes and (size := _utf8_size(batch)) > max_bytes:
+        return Rejection(sid, f"events: {size} bytes, at most {max_bytes} allowed", text)
     if len(text) != 1:
         others = sorted(set(text) - {"events"})
         return Rejection(sid, f"events: must be the only field, also got {others[:5]}", text)
@@ -381,13 +449,15 @@ def _parse_item(
 
 
 def parse_entry(
-    entry_id: str | bytes, fields: Mapping[Any, Any]
+    entry_id: str | bytes, fields: Mapping[Any, Any], max_entry_bytes: int = MAX_ENTRY_BYTES
 ) -> tuple[list[Event], list[Rejection]]:
     """Validate one stream entry; return its valid events and the rejected parts.
 
-    Never raises for bad input: every problem becomes a Rejection with a reason.
+    Never raises for bad input: every problem becomes a Rejection with a reason. Fields may be
+    ``str`` or ``bytes``; bytes that are not UTF-8 are refused, and the rejection's fields keep
+    them as surrogate escapes (``qesmon.deadletter`` turns them back into the bytes).
     """
-    opened = _open_entry(entry_id, fields)
+    opened = _open_entry(entry_id, fields, max_entry_bytes)
     if isinstance(opened, Rejection):
         return [], [opened]
     sid, text, default_ts, items = opened
@@ -563,7 +633,9 @@ def _fast_columns(
         values: Sequence[Any]
         if kinds == {float}:
             values = raw
-        elif kinds <= _NUMBER_TYPES:
+        elif (str not in kinds and kinds <= _NUMBER_TYPES) or (
+            kinds == {str} and max(map(len, raw)) <= MAX_NUMBER_TEXT
+        ):
             values = list(map(float, raw))
         else:
             return False
@@ -581,13 +653,15 @@ def _fast_columns(
         if kinds == {float}:
             ts = raw
         elif kinds <= _TS_TYPES:
+            if str in kinds and max(len(t) for t in raw if type(t) is str) > MAX_NUMBER_TEXT:
+                return False
             ts = [
                 d if t is None or t == "" else float(t) for t, d in zip(raw, defaults, strict=True)
             ]
         else:
             return False
         total = sum(ts)
-        if total - total != 0.0 or min(ts) < MIN_TS:
+        if total - total != 0.0 or min(ts) < MIN_TS or max(ts) >= MAX_TS:
             return False
         if default is not None:
             if max(ts) > default + MAX_FUTURE_SECONDS:
@@ -622,6 +696,7 @@ def _add_flat(
     rejections: list[Rejection],
     ids: list[Any],
     fields: list[Any],
+    max_bytes: int,
 ) -> None:
     """Flat (one-event) entries, in order: by columns when they all pass, else halved."""
     if not ids:
@@ -635,15 +710,15 @@ def _add_flat(
             return
     if len(ids) <= _LEAF:
         for entry_id, entry_fields in zip(ids, fields, strict=True):
-            events, rejected = parse_entry(entry_id, entry_fields)
+            events, rejected = parse_entry(entry_id, entry_fields, max_bytes)
             for event in events:
                 sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 out.append(event, entry_time(sid), sid)
             rejections += rejected
     else:
         mid = len(ids) // 2
-        _add_flat(out, rejections, ids[:mid], fields[:mid])
-        _add_flat(out, rejections, ids[mid:], fields[mid:])
+        _add_flat(out, rejections, ids[:mid], fields[:mid], max_bytes)
+        _add_flat(out, rejections, ids[mid:], fields[mid:], max_bytes)
 
 
 def _add_items(
@@ -675,6 +750,7 @@ def _add_items(
 
 def parse_entries(
     entries: Iterable[tuple[Any, Mapping[Any, Any]]],
+    max_entry_bytes: int = MAX_ENTRY_BYTES,
 ) -> tuple[EventColumns, list[Rejection]]:
     """Validate many stream entries at once: the same events and rejections, in the same order,
     as :func:`parse_entry` on each, but as columns and several times faster.
@@ -692,18 +768,18 @@ def parse_entries(
             ids.append(entry_id)
             flat.append(fields)
             continue
-        _add_flat(out, rejections, ids, flat)
+        _add_flat(out, rejections, ids, flat, max_entry_bytes)
         ids, flat = [], []
-        opened = _open_entry(entry_id, fields)
+        opened = _open_entry(entry_id, fields, max_entry_bytes)
         if isinstance(opened, Rejection):
             rejections.append(opened)
             continue
         sid, _, default_ts, items = opened
         if items is None:  # "events" was not a field of its own after all (not a str key)
-            _add_flat(out, rejections, [entry_id], [fields])
+            _add_flat(out, rejections, [entry_id], [fields], max_entry_bytes)
             continue
         _add_items(out, rejections, sid, items, 0, default_ts)
-    _add_flat(out, rejections, ids, flat)
+    _add_flat(out, rejections, ids, flat, max_entry_bytes)
     return out, rejections
 
 

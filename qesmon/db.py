@@ -16,3 +16,17 @@ def connect(
         application_name="qesmon",
         options="-c timezone=UTC",
     )
+
+
+#: SQLSTATE classes of errors caused by the data itself, which retrying cannot cure:
+#: 22 data exception (e.g. a NUL in text, a value out of range), 23 integrity constraint
+#: violation (CHECK, NOT NULL, unique), 54 program limit exceeded (e.g. an index row too big)
+REFUSAL_CLASSES = frozenset(("22", "23", "54"))
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether the database refused the data (not: lost the connection, or our own bug)."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    return state is not None and state[:2] in REFUSAL_CLASSES

@@ -97,6 +97,19 @@ class Settings:
     #: consumed stream entries are trimmed once a snapshot this old covers them
     #: (None: 3 snapshot intervals + 30 s)
     stream_trim_after: float | None = None
+    # bounds against hostile or broken producers (issue 13); see README "Limits"
+    #: a stream entry larger than this (UTF-8 bytes) is a dead letter, not parsed
+    max_entry_bytes: int = 4 * 2**20
+    #: one dead letter holds at most this many bytes (original fields cut to an excerpt)
+    dead_letter_max_bytes: int = 8192
+    #: the dead-letter stream keeps about this many entries (oldest dropped)
+    dead_letter_maxlen: int = 50_000
+    #: active series (with a window still open, up to an hour) per tenant and shard
+    max_series_per_tenant: int = 10_000
+    #: active series per shard, all tenants together
+    max_series: int = 100_000
+    #: alert groups (one alert each) a rule may keep at once
+    max_alert_groups_per_rule: int = 1_000
     slow_request_threshold: float = 1.0
     resource_monitoring_interval: float = 30.0
     resource_monitor: bool = True
@@ -173,6 +186,15 @@ class Settings:
             ("WATERMARK_WAIT_SECONDS must be >= 0", self.watermark_wait >= 0),
             ("ALLOWED_LATENESS_SECONDS must be >= 0", self.allowed_lateness >= 0),
             ("SNAPSHOT_INTERVAL_SECONDS must be >= 1", self.snapshot_interval >= 1),
+            ("MAX_ENTRY_BYTES must be >= 65536", self.max_entry_bytes >= 65536),
+            ("DEAD_LETTER_MAX_BYTES must be >= 2048", self.dead_letter_max_bytes >= 2048),
+            ("DEAD_LETTER_MAXLEN must be >= 100", self.dead_letter_maxlen >= 100),
+            ("MAX_SERIES_PER_TENANT must be >= 1", self.max_series_per_tenant >= 1),
+            (
+                "MAX_SERIES must be >= MAX_SERIES_PER_TENANT",
+                self.max_series >= self.max_series_per_tenant,
+            ),
+            ("MAX_ALERT_GROUPS_PER_RULE must be >= 1", self.max_alert_groups_per_rule >= 1),
             ("SLOW_REQUEST_THRESHOLD must be > 0", self.slow_request_threshold > 0),
             ("RESOURCE_MONITORING_INTERVAL must be > 0", self.resource_monitoring_interval > 0),
             ("NOTIFIER_TIME_SCALE must be > 0", self.notifier_time_scale > 0),
@@ -249,6 +271,12 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "recovery_dir": ("RECOVERY_DIR", Path),
     "snapshot_interval": ("SNAPSHOT_INTERVAL_SECONDS", int),
     "stream_trim_after": ("STREAM_TRIM_AFTER_SECONDS", _pos_float),
+    "max_entry_bytes": ("MAX_ENTRY_BYTES", int),
+    "dead_letter_max_bytes": ("DEAD_LETTER_MAX_BYTES", int),
+    "dead_letter_maxlen": ("DEAD_LETTER_MAXLEN", int),
+    "max_series_per_tenant": ("MAX_SERIES_PER_TENANT", int),
+    "max_series": ("MAX_SERIES", int),
+    "max_alert_groups_per_rule": ("MAX_ALERT_GROUPS_PER_RULE", int),
     "slow_request_threshold": ("SLOW_REQUEST_THRESHOLD", _pos_float),
     "resource_monitoring_interval": ("RESOURCE_MONITORING_INTERVAL", _pos_float),
     "resource_monitor": ("RESOURCE_MONITOR", _bool),

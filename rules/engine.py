@@ -125,14 +125,21 @@ class EvaluatorStats:
     evaluations: int = 0  # condition evaluations (rule x group x window)
     errors: int = 0  # failed evaluations
     ignored: int = 0  # re-emissions and windows already evaluated
+    limited: int = 0  # groups that met their condition but found their rule at its limit
+    last_limit: str = ""  # why the last one was not alerted
 
 
 class Evaluator:
     """Evaluates rules on closed windows and keeps the alert state machine (see module doc)."""
 
-    def __init__(self, rules: RuleSet, state: bytes | None = None) -> None:
+    def __init__(
+        self, rules: RuleSet, state: bytes | None = None, *, max_groups_per_rule: int = 1000
+    ) -> None:
         self._rules = rules
+        #: open alerts (one per group) a rule may have at once; more groups are not alerted
+        self.max_groups_per_rule = max_groups_per_rule
         self._alerts: dict[tuple[str, str], _Alert] = {}  # (rule id, fingerprint) -> alert
+        self._per_rule: dict[str, int] = {}  # rule id -> its open alerts
         self._evaluated: dict[int, float] = {}  # width -> end of the newest evaluated window
         self._buffer: dict[tuple[int, float], dict[Series, WindowResult]] = {}
         self._outbox: list[AlertTransition] = []
@@ -326,9 +333,17 @@ class Evaluator:
         if alert is None:
             if not true:
                 return None
+            if self._per_rule.get(rule.id, 0) >= self.max_groups_per_rule:
+                self.stats.limited += 1
+                self.stats.last_limit = (
+                    f"limit: rule {rule.id!r} already has {self.max_groups_per_rule} open alerts "
+                    f"(MAX_ALERT_GROUPS_PER_RULE); group {_group_text(group)[:200]} of tenant "
+                    f"{tenant[:100]!r} not alerted"
+                )
+                return None
             state = AlertState.FIRING if end - start >= rule.for_s else AlertState.PENDING
             alert = _Alert(rule.id, rule.severity, tenant, labels, state, start, end, value=value)
-            self._alerts[key] = alert
+            self._put(key, alert)
             move = (AlertState.INACTIVE, state)
         else:
             alert.last_data = end
@@ -337,7 +352,7 @@ class Evaluator:
             if move is None:
                 return None
             if move[1] in (AlertState.INACTIVE, AlertState.RESOLVED):
-                del self._alerts[key]
+                self._take(key)
         transition = self._transition(rule, fp, alert, *move, end, values, parts, width)
         out.append((rule.id, group, transition))
         return None
@@ -363,6 +378,20 @@ class Evaluator:
             return (AlertState.FIRING, AlertState.RESOLVED)
         return None
 
+    def _put(self, key: tuple[str, str], alert: _Alert) -> None:
+        if key not in self._alerts:
+            self._per_rule[key[0]] = self._per_rule.get(key[0], 0) + 1
+        self._alerts[key] = alert
+
+    def _take(self, key: tuple[str, str]) -> _Alert:
+        alert = self._alerts.pop(key)
+        left = self._per_rule[key[0]] - 1
+        if left:
+            self._per_rule[key[0]] = left
+        else:
+            del self._per_rule[key[0]]
+        return alert
+
     def _expire(self, out: list[AlertTransition], before: float) -> None:
         """End the alerts whose groups sent nothing for ``no_data_after`` before ``before``."""
         expired = []
@@ -371,7 +400,7 @@ class Evaluator:
             if rule is not None and alert.last_data + rule.no_data_after < before:
                 expired.append((alert.last_data + rule.no_data_after, key, rule))
         for at, key, rule in sorted(expired, key=lambda item: (item[0], item[1])):
-            alert = self._alerts.pop(key)
+            alert = self._take(key)
             to = AlertState.RESOLVED if alert.state is AlertState.FIRING else AlertState.INACTIVE
             out.append(
                 self._transition(
@@ -384,7 +413,7 @@ class Evaluator:
         assert callable(gone)
         source = rules if rules is not None else self._rules
         for key in sorted(k for k, alert in self._alerts.items() if gone(alert.rule_id)):
-            alert = self._alerts.pop(key)
+            alert = self._take(key)
             rule = source.get(alert.rule_id)
             at = alert.last_data
             to = AlertState.RESOLVED if alert.state is AlertState.FIRING else AlertState.INACTIVE
@@ -530,7 +559,7 @@ class Evaluator:
             self._evaluated = {int(w): float(end) for w, end in state["evaluated"]}
             for fp, *row in state["alerts"]:
                 alert = _Alert.from_list(row)
-                self._alerts[(alert.rule_id, fp)] = alert
+                self._put((alert.rule_id, fp), alert)
             self._outbox = [AlertTransition.from_fields(f) for f in state["outbox"]]
             for width, start, name, type_, tenant, labels, revision, agg in state["buffer"]:
                 series = Series(name, type_, tenant, tuple((k, v) for k, v in labels))

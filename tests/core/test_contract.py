@@ -249,7 +249,10 @@ def test_hostile_batches_never_raise_and_account_for_every_element(items: list[o
     name=st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,50}", fullmatch=True),
     value=st.floats(allow_nan=False, allow_infinity=False),
     labels=st.dictionaries(
-        st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True), st.text(max_size=40), max_size=32
+        st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True),
+        # label values: anything but control characters and surrogates (Cc, Cs)
+        st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_size=40),
+        max_size=32,
     ),
     tenant=st.text(
         alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=50
