@@ -1,6 +1,7 @@
 """``qesmon``: the one command line entry point.
 
-Subcommands: ``up`` (everything, in the foreground), ``pipeline``, ``notifier``, ``api``,
+Subcommands: ``up`` (everything, in the foreground, each process supervised and restarted
+when it exits: :mod:`qesmon.supervisor`), ``pipeline``, ``notifier``, ``api``,
 ``migrate``, ``rules check``, ``keys create``, ``demo``. This is the only module that reads
 the environment; each subcommand's implementation lives in its own package and receives a
 :class:`~qesmon.settings.Settings`.
@@ -14,9 +15,7 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qesmon", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="migrate, then run pipeline, notifier and API until Ctrl-C")
+    up = sub.add_parser(
+        "up",
+        help="migrate, then run pipeline, notifier and API until Ctrl-C (restarting what exits)",
+    )
     up.add_argument("--no-demo", action="store_true", help="do not start demo traffic")
 
     pipe = sub.add_parser("pipeline", help="run the Bytewax dataflow")
@@ -153,10 +155,14 @@ def _die_with_parent() -> None:
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:
-    """Migrate, then run every process as a child until Ctrl-C or until one of them dies
-    (the demo may end on its own: the rest keeps running)."""
+    """Migrate, then run every process as a supervised child until Ctrl-C or SIGTERM.
+
+    A child that exits is restarted with backoff while the others keep running (the demo,
+    which may end on its own, is not); see :mod:`qesmon.supervisor`. A second Ctrl-C kills
+    the children instead of waiting for them."""
     from qesmon.demo import notifier_rules_dir, session
     from qesmon.migrate import apply_migrations
+    from qesmon.supervisor import Spec, Supervisor
 
     apply_migrations(settings.database_url)
     commands = [["pipeline"], ["notifier"], ["api"]]
@@ -171,46 +177,31 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
         routing = notifier_rules_dir(settings.rules_dir, Path("var/demo"))
         envs["notifier"] = {**env, "RULES_DIR": str(routing)}
     key = session.create_session_key(settings)
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    for command in commands:
-        children[command[0]] = subprocess.Popen(
-            [sys.executable, "-m", "qesmon", *command],
-            env=envs.get(command[0], env),
-            preexec_fn=_die_with_parent,
-        )
-    print(session.up_banner(settings, key, demo_off, routing), flush=True)
-    stopping = False
+    supervisor = Supervisor(
+        [
+            Spec(
+                command[0],
+                [sys.executable, "-m", "qesmon", *command],
+                envs.get(command[0], env),
+                restart=command[0] != "demo",
+            )
+            for command in commands
+        ],
+        redis_url=settings.redis_url,
+        key=settings.streams.key("health", "supervisor"),
+        preexec_fn=_die_with_parent,
+    )
 
     def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        supervisor.stop()
+
+    def _banner() -> None:
+        print(session.up_banner(settings, key, demo_off, routing), flush=True)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    status = 0
     try:
-        while not stopping:
-            for name, child in list(children.items()):
-                code = child.poll()
-                if code is None:
-                    continue
-                if name == "demo":
-                    log.warning("demo traffic ended with status %s; the rest keeps running", code)
-                    del children[name]
-                    continue
-                log.error("%s exited with status %s; stopping the rest", name, code)
-                status = code or 1
-                stopping = True
-            time.sleep(0.2)
+        supervisor.run(on_started=_banner)
     finally:
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for child in children.values():
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
         session.revoke_key(settings, key)
-    return status
+    return 0
