@@ -4,6 +4,11 @@ Checks: Redis answers PING; TimescaleDB answers a query; the pipeline's heartbea
 ``<prefix>:health:pipeline``) is at most ``STALE_AFTER`` seconds old and its lag at most
 ``MAX_LAG_ENTRIES``; the notifier's heartbeat (``<prefix>:health:notifier``) is fresh; every
 rule file in ``RULES_DIR`` loads. Each check reports ``ok`` and what it saw.
+
+``supervisor`` (beside the checks, never a reason for 503 by itself) shows what ``qesmon up``
+publishes in ``<prefix>:health:supervisor`` (:mod:`qesmon.supervisor`): per child its state,
+restarts, last exit status and start time, the total of restarts, and a ``warning`` naming
+the children that were restarted. Without ``qesmon up`` it says ``{"running": false}``.
 """
 
 from __future__ import annotations
@@ -114,14 +119,61 @@ async def check(
     async def rules_ok() -> dict[str, Any]:
         return await asyncio.to_thread(rule_files_check, settings)
 
+    async def supervisor() -> dict[str, Any]:
+        raw = await client.hgetall(settings.streams.key("health", "supervisor"))
+        return supervisor_section(raw, now)
+
     names = ("redis", "database", "pipeline", "notifier", "rules")
-    results = await asyncio.gather(
-        *(_timed(c) for c in (redis_ok, db_ok, pipeline_ok, notifier_ok, rules_ok))
+    *results, supervised = await asyncio.gather(
+        *(_timed(c) for c in (redis_ok, db_ok, pipeline_ok, notifier_ok, rules_ok, supervisor))
     )
     checks = dict(zip(names, results, strict=True))
     healthy = all(c["ok"] for c in checks.values())
+    supervised.pop("ok", None)  # informative: a restart that worked is not a failure
     return healthy, {
         "status": "healthy" if healthy else "unhealthy",
         "time": now,
         "checks": checks,
+        "supervisor": supervised,
     }
+
+
+def supervisor_section(raw: dict[Any, Any], now: float) -> dict[str, Any]:
+    """The ``supervisor`` section from the hash :class:`qesmon.supervisor.Supervisor` writes."""
+    text = {
+        (k.decode() if isinstance(k, bytes) else str(k)): (
+            v.decode() if isinstance(v, bytes) else str(v)
+        )
+        for k, v in raw.items()
+    }
+    if "heartbeat" not in text:
+        return {"running": False}
+    children: dict[str, dict[str, Any]] = {}
+    for key, value in text.items():
+        name, sep, part = key.rpartition(":")
+        if not sep:
+            continue
+        child = children.setdefault(name, {})
+        number = int if part in ("restarts", "last_exit", "pid") else float
+        try:
+            child[part] = value if part == "state" else number(value)
+        except ValueError:
+            child[part] = None
+    try:
+        age = max(0.0, now - float(text["heartbeat"]))
+    except ValueError:
+        age = float("inf")
+    restarted = {n: c.get("restarts") or 0 for n, c in sorted(children.items())}
+    out: dict[str, Any] = {
+        "running": age <= STALE_AFTER and any(c.get("state") != "ended" for c in children.values()),
+        "heartbeat_age_seconds": round(age, 3) if age != float("inf") else None,
+        "restarts": sum(restarted.values()),
+        "children": children,
+    }
+    if out["restarts"]:
+        out["warning"] = "restarted: " + ", ".join(
+            f"{n} {r} time(s) (last exit status {children[n].get('last_exit')})"
+            for n, r in restarted.items()
+            if r
+        )
+    return out

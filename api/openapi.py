@@ -302,6 +302,16 @@ HEALTH = obj(
                 for k in ("redis", "database", "pipeline", "notifier", "rules")
             }
         ),
+        # what `qesmon up` restarted; informative, never the reason for a 503
+        "supervisor": obj(
+            {"running": {"type": "boolean"}},
+            {
+                "restarts": INT,
+                "warning": STR,
+                "heartbeat_age_seconds": NNUM,
+                "children": {"type": "object", "additionalProperties": OBJ},
+            },
+        ),
     }
 )
 RECORD_BODY = {
