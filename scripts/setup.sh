@@ -169,6 +169,33 @@ setup_python() {
 
 # -------------------------------------------------------- system packages --
 APT_UPDATED=0
+APT_LOCK_WAIT=600 # seconds to wait for another apt/dpkg run (unattended-upgrades...)
+
+# apt_get ARGS...: apt-get as root that waits for the package manager's locks
+# instead of failing while another install runs. DPkg::Lock::Timeout covers the
+# dpkg locks; `apt-get update` takes the lists lock, which some apt versions do
+# not wait for, so a lock failure is also retried until APT_LOCK_WAIT is over.
+apt_get() {
+	local err deadline=$((SECONDS + APT_LOCK_WAIT))
+	err=$(mktemp)
+	while :; do
+		if as_root env DEBIAN_FRONTEND=noninteractive \
+			apt-get -o DPkg::Lock::Timeout="$APT_LOCK_WAIT" "$@" 2>"$err" 9>&-; then
+			cat "$err" >&2
+			rm -f "$err"
+			return 0
+		fi
+		cat "$err" >&2
+		if grep -qE 'Could not get lock|Unable to acquire the dpkg frontend lock' "$err" &&
+			[ "$SECONDS" -lt "$deadline" ]; then
+			log "another package manager holds its lock: waiting"
+			sleep 5
+			continue
+		fi
+		rm -f "$err"
+		return 1
+	done
+}
 apt_install() {
 	[ $# -gt 0 ] || return 0
 	command -v apt-get >/dev/null 2>&1 ||
@@ -182,10 +209,10 @@ apt_install() {
 		POLICY_RC_ADDED=1
 	fi
 	if [ "$APT_UPDATED" -eq 0 ]; then
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+		apt_get update -q
 		APT_UPDATED=1
 	fi
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" 9>&-
+	apt_get install -y -q --no-install-recommends "$@"
 	if [ "$POLICY_RC_ADDED" -eq 1 ]; then
 		as_root rm -f /usr/sbin/policy-rc.d
 		POLICY_RC_ADDED=0
@@ -492,6 +519,9 @@ logfile "$VAR/redis.log"
 # Stream entries must survive a restart.
 appendonly yes
 appendfsync everysec
+# No single field (bulk string) a producer writes may exceed this: an oversize
+# entry is refused by Redis instead of filling its memory.
+proto-max-bulk-len 16mb
 EOF
 	)
 	if [ ! -f "$REDIS_CONF" ] || [ "$(cat "$REDIS_CONF")" != "$conf" ]; then
