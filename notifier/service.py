@@ -13,7 +13,7 @@ and their original bytes (:mod:`qesmon.deadletter`), in ``<prefix>:alerts:dead``
 to about ``dead_maxlen`` letters of at most 8 KiB each, so about 80 MB at worst) and then
 acknowledged: ``kind=invalid`` for one that does not parse
 (:meth:`~qesmon.alerts.AlertTransition.from_fields`); ``kind=refused`` for one the database
-refuses (a data error, SQLSTATE class 22 or 23: the read is redone one entry per
+refuses (a data error, SQLSTATE class 22, 23 or 54: the read is redone one entry per
 transaction and the rest goes through); ``kind=failed`` for one that failed for any other
 reason ``max_deliveries`` times (the consumer group's delivery count), instead of being
 re-read forever.

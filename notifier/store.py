@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from notifier.channels import REGISTRY
 from notifier.clock import iso, to_datetime
 from notifier.policy import NotifierPolicy
+from qesmon import db
 from qesmon.alerts import AlertState, AlertTransition
 from qesmon.errors import NotFound
 
@@ -611,13 +612,11 @@ class Attempt:
 
 
 def is_refusal(exc: BaseException) -> bool:
-    """Whether ``exc`` is the database refusing the data (SQLSTATE class 22 data exception,
-    23 integrity violation, or psycopg refusing a value before sending it), as opposed to a
-    lost connection: trying the same data again cannot help."""
-    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
-        return True
-    state = getattr(exc, "sqlstate", None)
-    return isinstance(exc, psycopg.Error) and bool(state) and str(state)[:2] in ("22", "23")
+    """Whether ``exc`` is the database refusing the data (:func:`qesmon.db.is_refusal`: SQLSTATE
+    class 22, 23 or 54), or psycopg refusing a value before sending it (a ``DataError``
+    without SQLSTATE, such as NUL in text), as opposed to a lost connection: trying the same
+    data again cannot help."""
+    return db.is_refusal(exc) or isinstance(exc, psycopg.DataError | psycopg.IntegrityError)
 
 
 def describe(exc: BaseException) -> str:
