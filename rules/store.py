@@ -29,8 +29,9 @@ import psycopg
 import redis
 from psycopg.types.json import Jsonb
 
+from qesmon import deadletter
 from qesmon.alerts import AlertState, AlertTransition
-from qesmon.db import connect
+from qesmon.db import connect, is_refusal
 from qesmon.errors import RuleError
 from qesmon.retry import TRANSIENT, retry_forever
 from qesmon.settings import Settings
@@ -79,6 +80,8 @@ class AlertStore:
         self._redis: redis.Redis | None = None
         self._db: psycopg.Connection[Any] | None = None
         self._closed = False
+        #: transitions the database refused (parked in the alerts dead-letter stream)
+        self.refused = 0
 
     def record(self, transitions: Sequence[AlertTransition]) -> None:
         """Append ``transitions`` to the stream, then apply them to the tables in one
@@ -86,7 +89,45 @@ class AlertStore:
         if not transitions:
             return
         self._retry("redis", self._xadd, transitions)
-        self._retry("database", self._apply, transitions)
+        self._apply_isolating(transitions)
+
+    def _apply_isolating(self, transitions: Sequence[AlertTransition]) -> None:
+        """Apply ``transitions`` to the tables; what the database refuses (not: cannot be
+        reached) is found by halving and parked in ``<prefix>:alerts:dead`` with the database's
+        message, so one bad transition cannot stop the pipeline. It is in the alerts stream
+        already: the notifier still hears about it."""
+        try:
+            self._retry("database", self._apply, transitions)
+            return
+        except psycopg.Error as exc:
+            if not is_refusal(exc):
+                raise
+            if len(transitions) == 1:
+                self._refused(transitions[0], exc)
+                return
+        mid = len(transitions) // 2
+        self._apply_isolating(transitions[:mid])
+        self._apply_isolating(transitions[mid:])
+
+    def _refused(self, transition: AlertTransition, exc: psycopg.Error) -> None:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        error = f"database refused it ({exc.sqlstate}): {message}"
+        log.error("alert transition %s not stored: %s", transition.key, error)
+        self.refused += 1
+        letter = deadletter.letter(
+            transition.to_fields(), error=error, source_id=transition.key, kind="refused"
+        )
+        self._retry_redis_letter(letter)
+
+    def _retry_redis_letter(self, letter: dict[str, str]) -> None:
+        dead = self._settings.streams.key("alerts", "dead")
+        retry_forever(
+            "redis",
+            lambda: self._client().xadd(dead, letter, maxlen=10_000, approximate=True),  # type: ignore[arg-type]
+            lambda: self._reset("redis"),
+            doing=" parking a refused alert transition",
+            give_up=lambda: self._closed,
+        )
 
     def publish_rule_status(self, rules: int, errors: Sequence[RuleError]) -> None:
         """Best effort: put the rule count and current rule-file problems under
