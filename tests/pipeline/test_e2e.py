@@ -59,6 +59,53 @@ def dead_letters(client: redis.Redis, settings: Settings) -> list[dict[str, str]
     return [fields for _, fields in client.xrange(settings.streams.dead)]  # type: ignore[union-attr]
 
 
+def health(client: redis.Redis, settings: Settings, name: str) -> float:
+    """A counter of the pipeline's health hash (published every second)."""
+    value = client.hget(settings.streams.key("health", "pipeline"), name)
+    return float(value) if value else 0.0  # type: ignore[arg-type]
+
+
+def wait_logged(proc: QesmonProcess, text: str, times: int, what: str) -> None:
+    """Wait until the process logged ``text`` ``times`` times while staying alive: it noticed
+    an outage and retries in place instead of exiting (a crash loop would restart it)."""
+
+    def logged() -> bool:
+        log = proc.log()
+        assert proc.alive(), log
+        return log.count(text) >= times
+
+    wait_for(logged, 30, what, interval=0.1)
+
+
+def wait_reading(client: redis.Redis, settings: Settings, proc: QesmonProcess) -> None:
+    """Return once a probe event pushed now is in the pipeline's live cache (published every
+    250 ms): the pipeline is up and reading, which a fixed sleep would only guess."""
+    client.xadd(settings.streams.metrics[0], {"name": "probe", "value": "1"})
+
+    def cached() -> bool:
+        assert proc.alive(), proc.log()
+        return any(
+            '"probe"' in field
+            for key in client.scan_iter(match=settings.streams.key("live", "windows", "*"))
+            for field in client.hkeys(key)  # type: ignore[union-attr]
+        )
+
+    wait_for(cached, 30, "the probe event in the live cache", interval=0.05)
+
+
+def wait_counted(client: redis.Redis, settings: Settings, proc: QesmonProcess) -> float:
+    """Push a probe event, wait until the health hash counts it; return ``events_total``."""
+    before = health(client, settings, "events_total")
+    client.xadd(settings.streams.metrics[0], {"name": "probe", "value": "1"})
+
+    def counted() -> float | None:
+        assert proc.alive(), proc.log()
+        total = health(client, settings, "events_total")
+        return total if total > before else None
+
+    return wait_for(counted, 30, "the pipeline to count a probe event", interval=0.1)
+
+
 def feed(
     client: redis.Redis,
     stream: str,
@@ -161,11 +208,9 @@ def test_database_stopped_for_a_while_delays_but_loses_nothing(
         wait_for(lambda: wl.fetch_rollups(settings.database_url), 20, "the first rollups")
         server.stop()
         expected, _ = feed(redis_client, stream, work, work.entries[half:])
-        time.sleep(4)
-        assert proc.alive(), proc.log()  # waiting, not crash-looping
+        wait_logged(proc, "database unavailable writing rollups", 2, "the writer to retry twice")
         server.start()
         assert wl.compare(expected, settle(settings, len(expected), proc)) == []
-        assert "retrying" in proc.log()
     finally:
         proc.stop()
         server.destroy()
@@ -181,10 +226,14 @@ def test_redis_restart_loses_nothing(psettings: Settings, tmp_path: Path) -> Non
         stream = settings.streams.metrics[0]
         half = len(work.entries) // 2
         wl.push(client, stream, work.entries[:half])
-        time.sleep(2)
+        wait_for(
+            lambda: health(client, settings, "entries_total") >= half,
+            30,
+            "the pipeline to read the first half",
+            interval=0.1,
+        )
         server.stop()
-        time.sleep(2)
-        assert proc.alive(), proc.log()
+        wait_logged(proc, f"reading {stream} failed", 2, "the source to retry reading twice")
         server.start()
         expected, _ = feed(client, stream, work, work.entries[half:])
         assert wl.compare(expected, settle(settings, len(expected), proc)) == []
@@ -197,7 +246,7 @@ def test_redis_restart_loses_nothing(psettings: Settings, tmp_path: Path) -> Non
 def test_idle_stream_closes_a_single_events_window_on_time(
     psettings: Settings, redis_client: redis.Redis, running: QesmonProcess, db: psycopg.Connection
 ) -> None:
-    time.sleep(1.0)  # the pipeline is up and reading
+    wait_reading(redis_client, psettings, running)
     now = time.time()
     if now % 10 > 7:  # keep the test short: start early in a window
         time.sleep(10 - now % 10 + 0.1)
@@ -251,7 +300,7 @@ def test_open_windows_are_published_live_within_a_second(
     pubsub = redis_client.pubsub()
     pubsub.subscribe(f"{psettings.key_prefix}:live")
     wait_for(lambda: pubsub.get_message(timeout=0.1), 5, "the subscription")
-    time.sleep(1.0)  # the pipeline is up and reading
+    wait_reading(redis_client, psettings, running)
     stream = psettings.streams.metrics[0]
     for value in (1, 2, 3):
         redis_client.xadd(stream, {"name": "live_x", "value": str(value), "tenant": "t9"})
@@ -350,9 +399,12 @@ def test_consumed_entries_are_trimmed_and_a_crash_after_trimming_loses_nothing(
         proc.kill()  # the trimmed entries must not be needed by the restart
         with psycopg.connect(psettings.database_url, autocommit=True) as conn:
             conn.execute("DELETE FROM metric_rollups")  # so the restart must rebuild nothing
+        redis_client.delete(psettings.streams.key("health", "pipeline"))  # count afresh
         proc.start()
-        time.sleep(3)
-        assert proc.alive(), proc.log()
-        assert wl.fetch_rollups(psettings.database_url) == {}  # nothing re-read and rewritten
+        # a probe pushed after the restart: once it is counted, everything before it in the
+        # stream has been read too, so the count says whether anything was read again
+        assert wait_counted(redis_client, psettings, proc) == 1.0  # the probe alone
+        rewritten = wl.fetch_rollups(psettings.database_url)
+        assert not [key for key in rewritten if key[0][0] != "probe"], rewritten
     finally:
         proc.stop()

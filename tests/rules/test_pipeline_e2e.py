@@ -7,9 +7,11 @@ subprocess with the six default rule files; the alerts appear in TimescaleDB and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +60,22 @@ def proc(esettings: Settings, tmp_path: Path) -> Iterator[QesmonProcess]:
     yield p
     if p.proc is not None:
         p.stop()
+
+
+def _recovery_epochs(recovery: Path) -> tuple[int, int]:
+    """(frontier, committed) of Bytewax's recovery store: the epoch the dataflow is in, and
+    the newest epoch whose snapshots are complete ((0, 0) until there is one)."""
+    frontiers, commits = [], []
+    for part in recovery.glob("part-*.sqlite3"):
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True)) as conn:
+                front = conn.execute("SELECT max(worker_frontier) FROM fronts").fetchone()
+                commit = conn.execute("SELECT max(commit_epoch) FROM commits").fetchone()
+        except sqlite3.OperationalError:  # being written: ask again
+            return 0, 0
+        frontiers.append(int(front[0] or 0))
+        commits.append(int(commit[0] or 0))
+    return max(frontiers, default=0), min(commits, default=0)
 
 
 def _push(client: redis.Redis, settings: Settings, events: list[dict[str, Any]]) -> None:
@@ -186,7 +204,16 @@ def test_sigkill_while_firing_neither_fires_twice_nor_loses_the_resolve(
             "the alert to fire",
             interval=0.1,
         )
-        time.sleep(1.5)  # a snapshot (1 s epochs) now holds the firing state
+        # The firing was decided at the latest in the epoch after the frontier (the input
+        # runs at most one epoch ahead); once that epoch is committed a snapshot holds it.
+        recovery = tmp_path / "recovery"
+        frontier, _ = _recovery_epochs(recovery)
+        wait_for(
+            lambda: _recovery_epochs(recovery)[1] >= frontier + 1,
+            20,
+            "a snapshot taken after the firing",
+            interval=0.1,
+        )
         proc.kill()
         assert _episodes(db)["high_error_rate"][0][0] == "firing"
         _push(redis_client, esettings, good)
