@@ -82,6 +82,18 @@ PIPELINE_COUNTERS = {
     "late_events_total": ("qes_pipeline_late_events", "Events later than the allowed lateness"),
     "sink_rows_total": ("qes_pipeline_sink_rows", "Rollup rows written"),
     "rule_errors_total": ("qes_pipeline_rule_errors", "Rule evaluation errors"),
+    "limited_events_total": (
+        "qes_pipeline_limited_events",
+        "Events of new series refused by MAX_SERIES_PER_TENANT or MAX_SERIES",
+    ),
+    "alert_groups_limited_total": (
+        "qes_pipeline_alert_groups_limited",
+        "Alert groups not alerted because their rule was at MAX_ALERT_GROUPS_PER_RULE",
+    ),
+    "db_refused_total": (
+        "qes_pipeline_db_refused",
+        "Rollup rows the database refused (sent to the dead letters)",
+    ),
 }
 PIPELINE_GAUGES = {
     "lag_entries": ("qes_pipeline_lag_entries", "Stream entries not yet read by the pipeline"),
@@ -90,6 +102,10 @@ PIPELINE_GAUGES = {
         "Latest delay from window end + wait to rows committed",
     ),
     "sink_batch_seconds": ("qes_pipeline_sink_batch_seconds", "Latest sink batch duration"),
+    "active_series": (
+        "qes_pipeline_active_series",
+        "Series with a window still open (up to an hour), the unit of MAX_SERIES",
+    ),
 }
 
 

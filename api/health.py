@@ -105,9 +105,20 @@ async def check(
             "late_events_total",
             "window_close_delay_seconds",
             "rule_errors_total",
+            "limited_events_total",
+            "alert_groups_limited_total",
+            "db_refused_total",
+            "active_series",
         ):
             if name in values:
                 out[name] = values[name]
+        # a limit hit or a refusal does not make the pipeline unhealthy, but says so
+        notes = await client.hmget(
+            settings.streams.key("health", "pipeline"), ["last_limit", "last_alert_limit"]
+        )
+        for name, note in zip(("last_limit", "last_alert_limit"), notes, strict=True):
+            if note:
+                out[name] = note.decode() if isinstance(note, bytes) else note
         return out
 
     async def notifier_ok() -> dict[str, Any]:
