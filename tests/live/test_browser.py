@@ -218,6 +218,7 @@ def test_live_page_follows_events_alerts_and_an_api_restart(
 
     # an alert: a window over the threshold closes (push just before a window boundary)
     wait_for(lambda: 8.0 <= time.time() % 10 < 9.0, 11, "the end of a window to be near")
+    over_window = time.time() // 10
     _push(redis_client, esettings, [event_dict("queue_depth", 500.0, type="system")])
     _wait_text(page, "#alerts", lambda t: "Live e2e queue depth" in t, 15, "the alert to appear")
     assert _text(page, "#alert-count") == "1"
@@ -225,7 +226,9 @@ def test_live_page_follows_events_alerts_and_an_api_restart(
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")
     # ... and clears when a later window is back under it
-    time.sleep(1.5)  # the next push must land in the next window
+    # the next push must land in a later window (it does already when the alert shows, as the
+    # window closed first; the check says so instead of sleeping on it)
+    wait_for(lambda: time.time() // 10 > over_window, 11, "the next window")
     _push(redis_client, esettings, [event_dict("queue_depth", 1.0, type="system")])
     _wait_text(page, "#alert-count", lambda t: t == "0", 20, "the alert to clear")
 

@@ -169,14 +169,32 @@ def _transition(
     )
 
 
+async def _hub_reads_alerts(sse: Any, redis_client: redis.Redis, stream: str) -> None:
+    """Return once the hub reads the alert stream: it starts reading at the stream's end, so
+    a probe alert is repeated until it shows, then resolved (a fixed sleep only guessed)."""
+    probe = _transition(AlertState.FIRING, fingerprint="fp-probe").to_fields()
+    deadline = time.monotonic() + 10
+    while True:
+        redis_client.xadd(stream, probe)  # type: ignore[arg-type]
+        try:
+            await sse.snapshot_where(lambda s: s["active_alerts"] > 0, timeout=0.5)
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+    resolved = _transition(AlertState.RESOLVED, fingerprint="fp-probe").to_fields()
+    redis_client.xadd(stream, resolved)  # type: ignore[arg-type]
+    await sse.snapshot_where(lambda s: s["active_alerts"] == 0)
+
+
 async def test_alerts_appear_and_clear_live_from_the_alert_stream_with_filters(
     client: TestClient[Any, Any], keys: Keys, settings: Settings, redis_client: redis.Redis
 ) -> None:
     mine = await open_stream(client, keys.tenant_a)
     other_service = await open_stream(client, keys.viewer, service="archive")
     await mine.snapshot_where(lambda s: True)
-    await asyncio.sleep(0.2)  # let the hub's XREAD start from the current end of the stream
     stream = settings.streams.alerts
+    await _hub_reads_alerts(mine, redis_client, stream)
     redis_client.xadd(stream, _transition(AlertState.FIRING).to_fields())  # type: ignore[arg-type]
     redis_client.xadd(
         stream,
