@@ -65,6 +65,7 @@ from notifier.store import Attempt, OutboxRow
 from notifier.templating import TEMPLATES_DIR, Renderer
 from qesmon import deadletter
 from qesmon.alerts import AlertTransition
+from qesmon.db import is_refusal
 from qesmon.errors import ConfigError, ContractError
 from qesmon.settings import Settings
 
@@ -369,7 +370,7 @@ class Notifier:
             except OUTAGES:
                 raise
             except Exception as exc:
-                if store.is_refusal(exc):
+                if is_refusal(exc):
                     self.counters["refused"] += 1
                     reason = f"the database refused it: {store.describe(exc)}"
                     await self._dead_letter(entry_id, raw[entry_id], reason, kind="refused")

@@ -611,14 +611,6 @@ class Attempt:
     next_attempt: float | None = None
 
 
-def is_refusal(exc: BaseException) -> bool:
-    """Whether ``exc`` is the database refusing the data (:func:`qesmon.db.is_refusal`: SQLSTATE
-    class 22, 23 or 54), or psycopg refusing a value before sending it (a ``DataError``
-    without SQLSTATE, such as NUL in text), as opposed to a lost connection: trying the same
-    data again cannot help."""
-    return db.is_refusal(exc) or isinstance(exc, psycopg.DataError | psycopg.IntegrityError)
-
-
 def describe(exc: BaseException) -> str:
     """The database's message for ``exc`` with its SQLSTATE, on one line."""
     state = getattr(exc, "sqlstate", None)
@@ -695,7 +687,7 @@ async def complete(
             )
         return None
     except psycopg.Error as exc:
-        if not is_refusal(exc):
+        if not db.is_refusal(exc):
             raise
         refusal = describe(exc)
     log.error(

@@ -25,7 +25,13 @@ REFUSAL_CLASSES = frozenset(("22", "23", "54"))
 
 
 def is_refusal(exc: BaseException) -> bool:
-    """Whether the database refused the data (not: lost the connection, or our own bug)."""
+    """Whether the database refused the data (not: lost the connection, or our own bug).
+
+    Also true for psycopg's own ``DataError``/``IntegrityError`` without a SQLSTATE: psycopg
+    refuses some values (a NUL in a text parameter) before sending anything.
+    """
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        return True
     if not isinstance(exc, psycopg.Error):
         return False
     state = exc.sqlstate

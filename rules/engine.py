@@ -50,7 +50,7 @@ from typing import Any
 
 import orjson
 
-from qesmon.alerts import AlertState, AlertTransition, Severity
+from qesmon.alerts import MAX_ANNOTATION_VALUE, AlertState, AlertTransition, Severity
 from qesmon.errors import ContractError
 from qesmon.series import Series, WindowResult
 from qesmon.sketch import Agg
@@ -455,7 +455,9 @@ class Evaluator:
     ) -> AlertTransition:
         labels = {**rule.labels, **dict(alert.labels)}
         annotations = {
-            key: self._render(text, rule, alert, labels, values, parts, width)
+            # cut to what the alerts stream accepts, so the transition (and the snapshot that
+            # may hold it) always reads back
+            key: _cut(self._render(text, rule, alert, labels, values, parts, width))
             for key, text in rule.annotations.items()
         }
         if reason is not None:
@@ -573,6 +575,10 @@ class Evaluator:
                 self._buffer.setdefault((int(width), float(start)), {})[series] = result
         except (ValueError, KeyError, TypeError, AssertionError, ContractError) as exc:
             raise ContractError(f"evaluator snapshot is unreadable: {exc}") from exc
+
+
+def _cut(text: str, limit: int = MAX_ANNOTATION_VALUE) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _series_key(series: Series) -> tuple[str, str, str, tuple[tuple[str, str], ...]]:
