@@ -9,10 +9,11 @@ from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import redis.asyncio
 from psycopg_pool import AsyncConnectionPool
 
-from notifier import actions
+from notifier import actions, store
 from notifier.clock import FakeClock, SystemClock
 from notifier.service import Notifier
 from qesmon.alerts import AlertState
@@ -33,6 +34,49 @@ WEBHOOK_ONLY = """
 routing:
   defaults: {channels: [webhook], group_wait: 0s, repeat_interval: 10m}
 """
+
+
+class Polls:
+    """Counts the notifier's polls — timer checks (``timers``) and delivery claims per channel
+    — so that a test asserting that nothing was sent can first wait until the notifier has
+    looked again, instead of sleeping and assuming it did."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.begun: Counter[str] = Counter()
+        claim, fire_due_timers = store.claim, store.fire_due_timers
+
+        async def counting_claim(pool: Any, channel: str, **kwargs: Any) -> Any:
+            self.begun[channel] += 1
+            return await claim(pool, channel, **kwargs)
+
+        async def counting_fire(conn: Any, **kwargs: Any) -> Any:
+            self.begun["timers"] += 1
+            return await fire_due_timers(conn, **kwargs)
+
+        monkeypatch.setattr(store, "claim", counting_claim)
+        monkeypatch.setattr(store, "fire_due_timers", counting_fire)
+
+    async def looked_again(self, *loops: str) -> None:
+        """Wait, loop after loop, until each has begun two polls since this call: the first
+        of them saw the state as it is now, and the second began only once the first had
+        finished, sends included. So a timer that wrongly fired has enqueued its message
+        before the delivery loops are counted, and that message is out when they are."""
+        for loop in loops:
+            target = self.begun[loop] + 2
+            await wait_for(
+                lambda loop=loop, target=target: self.begun[loop] >= target,  # type: ignore[misc]
+                what=f"two more {loop} polls",
+            )
+
+
+@pytest.fixture
+def polls(monkeypatch: pytest.MonkeyPatch) -> Polls:
+    return Polls(monkeypatch)
+
+
+async def settled(pool: AsyncConnectionPool[Any]) -> bool:
+    """No notification is left to send or retry (every outbox row is sent or failed)."""
+    return not await rows(pool, "SELECT 1 FROM notifier_outbox WHERE status = 'pending'")
 
 
 async def health(aredis: redis.asyncio.Redis, settings: Settings) -> dict[str, str]:
@@ -80,6 +124,7 @@ async def test_alerts_that_fire_together_go_out_in_one_message_after_group_wait(
     pool: AsyncConnectionPool[Any],
     receiver: Receiver,
     aredis: redis.asyncio.Redis,
+    polls: Polls,
 ) -> None:
     write_policy(
         nsettings,
@@ -99,7 +144,7 @@ routing:
             return len(await rows(pool, "SELECT 1 FROM notifier_outbox")) == 4
 
         await wait_for(queued, what="four outbox rows")
-        await asyncio.sleep(0.3)  # several delivery polls: group_wait must hold them back
+        await polls.looked_again("webhook")  # due rows would be out: group_wait holds them
         assert receiver.requests == []
         clock.advance(31)
         await wait_for(lambda: len(receiver.requests) == 2, what="two group messages")
@@ -115,6 +160,7 @@ async def test_an_alert_that_keeps_firing_is_repeated_every_repeat_interval_only
     pool: AsyncConnectionPool[Any],
     receiver: Receiver,
     aredis: redis.asyncio.Redis,
+    polls: Polls,
 ) -> None:
     write_policy(nsettings, WEBHOOK_ONLY)
     await configure(pool, "webhook", {"url": receiver.url, "format": "qesmon"})
@@ -126,7 +172,7 @@ async def test_an_alert_that_keeps_firing_is_repeated_every_repeat_interval_only
         await push(aredis, nsettings, transition(at=1_700_000_060.0))
         await wait_for(lambda: _counter(aredis, nsettings, "deduped", 1), what="dedup")
         clock.advance(599)
-        await asyncio.sleep(0.3)
+        await polls.looked_again("timers", "webhook")
         assert len(receiver.requests) == 1
         clock.advance(2)
         await wait_for(lambda: len(receiver.requests) == 2, what="repeat notice")
@@ -179,6 +225,7 @@ async def test_escalation_reaches_sms_then_pagerduty_and_ack_and_resolve_follow(
     pool: AsyncConnectionPool[Any],
     receiver: Receiver,
     aredis: redis.asyncio.Redis,
+    polls: Polls,
 ) -> None:
     sms, pd = Receiver(), Receiver()
     await sms.start()
@@ -191,7 +238,7 @@ async def test_escalation_reaches_sms_then_pagerduty_and_ack_and_resolve_follow(
             await push(aredis, nsettings, transition(at=clock.now()))
             await wait_for(lambda: len(receiver.requests) == 1, what="slack firing")
             clock.advance(299)
-            await asyncio.sleep(0.3)
+            await polls.looked_again("timers", "sms")
             assert sms.requests == []
             clock.advance(2)
             await wait_for(lambda: len(sms.requests) == 1, what="sms escalation")
@@ -237,6 +284,7 @@ async def test_acknowledging_stops_escalation_and_repeats(
     pool: AsyncConnectionPool[Any],
     receiver: Receiver,
     aredis: redis.asyncio.Redis,
+    polls: Polls,
 ) -> None:
     sms, pd = Receiver(), Receiver()
     await sms.start()
@@ -253,7 +301,7 @@ async def test_acknowledging_stops_escalation_and_repeats(
             assert result["escalation_stopped"] == 2
             clock.advance(3600)
             await wait_for(lambda: len(receiver.requests) == 2, what="ack notice")
-            await asyncio.sleep(0.3)
+            await polls.looked_again("timers", "sms", "pagerduty")
         assert sms.requests == [] and pd.requests == []
         timers = await rows(pool, "SELECT kind, status FROM notifier_timers ORDER BY level")
         assert timers == [("escalate", "cancelled"), ("escalate", "cancelled")]
@@ -286,7 +334,7 @@ routing:
             timeout=30,
             what="all five after the outage",
         )
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: settled(pool), what="no notification left to send")
     delivered = Counter(r.json()["alerts"][0]["fingerprint"] for r in receiver.accepted())
     assert delivered == {f"fp{i}": 1 for i in range(5)}
     statuses = Counter(s for (s,) in await rows(pool, "SELECT status FROM deliveries"))
@@ -332,7 +380,7 @@ routing:
             return bool(await rows(pool, "SELECT 1 FROM deliveries WHERE status = 'failed'"))
 
         await wait_for(failed, what="the failure recorded")
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: settled(pool), what="no notification left to send")
     assert receiver.requests[1].at - receiver.requests[0].at >= 0.95
     assert len(receiver.requests) == 3  # the 404 was not retried
     outbox = await rows(pool, "SELECT status, last_status FROM notifier_outbox ORDER BY id")
