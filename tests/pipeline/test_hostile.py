@@ -312,6 +312,7 @@ def test_a_label_explosion_is_limited_and_memory_stays_bounded(
         assert total == EXPLOSION_EVENTS - SERIES_LIMIT
         note = client.hget(key, "last_limit")
         assert note is not None and "'noisy'" in note and "MAX_SERIES_PER_TENANT" in note
+        print(f"label explosion: peak RSS {peak / 2**20:.0f} MiB (bound {RSS_BOUND / 2**20:.0f})")
         assert peak < RSS_BOUND, f"peak RSS {peak / 2**20:.0f} MiB"
         # the calm tenant is not affected: its event is counted when its window closes
         counts = wait_for(
