@@ -653,7 +653,8 @@ def _fast_columns(
         if kinds == {float}:
             ts = raw
         elif kinds <= _TS_TYPES:
-            if str in kinds and max(len(t) for t in raw if type(t) is str) > MAX_NUMBER_TEXT:
+            # ints and floats have no len: only strings are left once None and "" are out
+            if str in kinds and max(map(len, filter(None, raw)), default=0) > MAX_NUMBER_TEXT:
                 return False
             ts = [
                 d if t is None or t == "" else float(t) for t, d in zip(raw, defaults, strict=True)
