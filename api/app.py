@@ -159,7 +159,7 @@ async def _reports_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
     from api.exporter import stop_task
-    from qesmon.monitor import ResourceMonitor
+    from api.monitor import ResourceMonitor
 
     settings = app[SETTINGS]
     monitor = ResourceMonitor(settings, app[REDIS])

@@ -6,7 +6,7 @@ Checks: Redis answers PING; TimescaleDB answers a query; the pipeline's heartbea
 rule file in ``RULES_DIR`` loads. Each check reports ``ok`` and what it saw.
 
 ``supervisor`` (beside the checks, never a reason for 503 by itself) shows what ``qesmon up``
-publishes in ``<prefix>:health:supervisor`` (:mod:`qesmon.supervisor`): per child its state,
+publishes in ``<prefix>:health:supervisor`` (:mod:`cli.supervisor`): per child its state,
 restarts, last exit status and start time, the total of restarts, and a ``warning`` naming
 the children that were restarted. Without ``qesmon up`` it says ``{"running": false}``.
 """
@@ -150,7 +150,7 @@ async def check(
 
 
 def supervisor_section(raw: dict[Any, Any], now: float) -> dict[str, Any]:
-    """The ``supervisor`` section from the hash :class:`qesmon.supervisor.Supervisor` writes."""
+    """The ``supervisor`` section from the hash :class:`cli.supervisor.Supervisor` writes."""
     text = {
         (k.decode() if isinstance(k, bytes) else str(k)): (
             v.decode() if isinstance(v, bytes) else str(v)

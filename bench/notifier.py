@@ -67,7 +67,7 @@ async def run(rate: float, seconds: float, group_wait: str) -> None:
             "WEBHOOK_URL": f"http://127.0.0.1:{port}/hook",
             "LOG_LEVEL": "WARNING",
         }
-        proc = subprocess.Popen([sys.executable, "-m", "qesmon", "notifier"], cwd=ROOT, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "notifier"], cwd=ROOT, env=env)
         r = redis.asyncio.Redis.from_url(redis_url)
         stream = f"{prefix}:alerts"
         sent: dict[str, float] = {}

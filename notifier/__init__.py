@@ -6,5 +6,6 @@ state, outbox rows, escalation/repeat timers) -> :mod:`.delivery` (per-channel w
 grouping, retry with backoff) -> :mod:`.channels` (the wire formats) -> ``deliveries``.
 
 Pure logic lives in :mod:`.routing`, :mod:`.escalation`, :mod:`.policy` and :mod:`.templating`;
-:mod:`.actions` is what the API calls (acknowledge, resolve, configure, test).
+:mod:`.actions` is what the API calls (acknowledge, resolve, configure, test);
+:mod:`.client` is the same for the platform's Python code (``AlertingSystem``).
 """

@@ -5,14 +5,14 @@
   :class:`SyncMetricsCollector` (``sync.py``) is the same for code without an event loop.
 - :func:`metrics_middleware` (``middleware.py``): times every aiohttp request.
 - :func:`timed` (``timing.py``): times any other block or function.
-- ``AlertingSystem`` / ``NotificationChannel`` (``alerting.py``): channel configuration.
 
-Importing this package connects to nothing and starts nothing.
+Channel configuration from the platform's code (``AlertingSystem``, ``NotificationChannel``)
+is the notifier's client, :mod:`notifier.client`: this package needs only the core
+(``tests/sdk/test_import.py`` imports it in a clean interpreter). Importing it connects to
+nothing and starts nothing.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from qesmon.contract import MetricType
 from qesmon.errors import ContractError
@@ -31,12 +31,3 @@ __all__ = [
     "metrics_middleware",
     "timed",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # alerting.py pulls in the notifier; load it only when asked for.
-    if name in ("AlertingSystem", "NotificationChannel"):
-        from qesmon.sdk import alerting
-
-        return getattr(alerting, name)
-    raise AttributeError(f"module 'qesmon.sdk' has no attribute {name!r}")

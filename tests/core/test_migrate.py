@@ -122,7 +122,7 @@ def test_cli_migrate_reports_what_it_applied(empty_db: str) -> None:
     import os
 
     env = {**os.environ, "DATABASE_URL": empty_db}
-    run = [sys.executable, "-m", "qesmon", "migrate"]
+    run = [sys.executable, "-m", "cli", "migrate"]
     first = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     assert "applied" in first.stdout and "0001_core" in first.stdout

@@ -22,8 +22,8 @@ import psutil
 import redis
 
 from api.health import supervisor_section
+from cli.supervisor import Backoff, Spec, Supervisor, describe_exit
 from qesmon.settings import Settings
-from qesmon.supervisor import Backoff, Spec, Supervisor, describe_exit
 from tests.pipeline import workload as wl
 from tests.support.faults import free_port
 from tests.support.processes import settings_env, wait_for
@@ -218,7 +218,7 @@ def test_up_restarts_a_killed_pipeline_keeps_the_api_up_and_the_rollups_stay_exa
     log = tmp_path / "up.log"
     with log.open("wb") as sink:
         up = subprocess.Popen(
-            [sys.executable, "-m", "qesmon", "up", "--no-demo"],
+            [sys.executable, "-m", "cli", "up", "--no-demo"],
             cwd=tmp_path,
             env=env,
             stdout=sink,

@@ -21,9 +21,9 @@ import redis
 import yaml
 
 from api.keys import create_key_sync
+from cli.demo import NOTIFICATIONS_YAML
 from qesmon import vocabulary as v
 from qesmon.contract import MetricType
-from qesmon.demo import NOTIFICATIONS_YAML
 from qesmon.settings import Settings
 from tests.support.faults import free_port
 from tests.support.processes import QesmonProcess, settings_env, wait_for

@@ -21,15 +21,15 @@ import psycopg
 import pytest
 import redis
 
+from cli.demo import NOTIFICATIONS_YAML, DemoOptions, WebhookReceiver, notifier_rules_dir
+from cli.demo.notify import claim_webhook, release_webhook
+from cli.demo.run import backfill_range, parse_period, run
+from cli.demo.session import PRIVATE_REDIS_VAR, why_no_demo
 from notifier.channels import REGISTRY
+from notifier.client import AlertingSystem
 from notifier.policy import load_policy
 from qesmon.contract import parse_entry
-from qesmon.demo import NOTIFICATIONS_YAML, DemoOptions, WebhookReceiver, notifier_rules_dir
-from qesmon.demo.notify import claim_webhook, release_webhook
-from qesmon.demo.run import backfill_range, parse_period, run
-from qesmon.demo.session import PRIVATE_REDIS_VAR, why_no_demo
 from qesmon.errors import ConfigError
-from qesmon.sdk.alerting import AlertingSystem
 from qesmon.settings import Settings
 from tests.support.faults import free_port
 from tests.support.processes import settings_env, wait_for
@@ -151,7 +151,7 @@ def test_options_are_checked_and_name_the_option() -> None:
 
 def test_the_cli_refuses_a_bad_option_with_its_name(settings: Settings) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "qesmon", "demo", "--rate", "0", "--no-receiver"],
+        [sys.executable, "-m", "cli", "demo", "--rate", "0", "--no-receiver"],
         env=settings_env(settings),
         capture_output=True,
         text=True,
@@ -216,7 +216,7 @@ def test_up_starts_everything_with_the_demo_prints_where_to_look_and_stops_clean
     log = tmp_path / "up.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "qesmon", "up"],
+            [sys.executable, "-m", "cli", "up"],
             cwd=tmp_path,
             env=env,
             stdout=sink,

@@ -9,13 +9,13 @@ from collections.abc import Iterable
 
 import pytest
 
+from cli.demo.incidents import CYCLE, INCIDENTS, Effects, Schedule, quota_tenant
+from cli.demo.platform import ENDPOINTS, ERROR_ENDPOINT, SLOW_ENDPOINT, make_tenants
+from cli.demo.run import backfill_range
+from cli.demo.traffic import Ev, Intervals, Traffic, diurnal
 from qesmon import vocabulary as v
 from qesmon.alerts import AlertState
 from qesmon.contract import MetricType
-from qesmon.demo.incidents import CYCLE, INCIDENTS, Effects, Schedule, quota_tenant
-from qesmon.demo.platform import ENDPOINTS, ERROR_ENDPOINT, SLOW_ENDPOINT, make_tenants
-from qesmon.demo.run import backfill_range
-from qesmon.demo.traffic import Ev, Intervals, Traffic, diurnal
 from qesmon.sdk.events import metric_event
 from qesmon.series import Series, WindowResult
 from qesmon.sketch import Agg

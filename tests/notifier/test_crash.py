@@ -50,7 +50,7 @@ def start_notifier(
         LOG_LEVEL="INFO",
     )
     return subprocess.Popen(
-        [sys.executable, "-m", "qesmon", "notifier"],
+        [sys.executable, "-m", "cli", "notifier"],
         cwd=ROOT,
         env=env,
         stdout=log,

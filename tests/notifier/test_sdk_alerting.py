@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from notifier.client import AlertingSystem, NotificationChannel
 from qesmon.errors import ChannelError
-from qesmon.sdk import AlertingSystem, NotificationChannel
 from qesmon.settings import Settings
 from tests.notifier.conftest import Receiver, rows
 

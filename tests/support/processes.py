@@ -59,7 +59,7 @@ class QesmonProcess:
     def start(self) -> QesmonProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qesmon", *self.args],
+            [sys.executable, "-m", "cli", *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

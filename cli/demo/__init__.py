@@ -14,7 +14,7 @@ from :mod:`qesmon.vocabulary`), for a few tenants on the ``starter``, ``business
   ``subscription_active`` (every minute), ``security_violation`` (every 2 min) and the
   ``custom`` gauge ``signing_queue_depth`` (every 5 s).
 
-CPU, memory, disk and network come from the API's resource monitor (:mod:`qesmon.monitor`),
+CPU, memory, disk and network come from the API's resource monitor (:mod:`api.monitor`),
 not from here. Tenant ids are readable slugs (``acme-legal``) instead of the platform's UUIDs,
 so that alert texts stay readable.
 
@@ -52,11 +52,11 @@ Modules: :mod:`.platform` (plans, tenants, endpoints), :mod:`.incidents` (the sc
 
 from __future__ import annotations
 
-from qesmon.demo.incidents import CYCLE, INCIDENTS, Effects, Incident, Schedule
-from qesmon.demo.notify import NOTIFICATIONS_YAML, WebhookReceiver, notifier_rules_dir
-from qesmon.demo.platform import make_tenants
-from qesmon.demo.run import DemoOptions, backfill_range, main, parse_period, run
-from qesmon.demo.traffic import Ev, Traffic
+from cli.demo.incidents import CYCLE, INCIDENTS, Effects, Incident, Schedule
+from cli.demo.notify import NOTIFICATIONS_YAML, WebhookReceiver, notifier_rules_dir
+from cli.demo.platform import make_tenants
+from cli.demo.run import DemoOptions, backfill_range, main, parse_period, run
+from cli.demo.traffic import Ev, Traffic
 
 __all__ = [
     "CYCLE",

@@ -15,7 +15,7 @@ Stopping (:meth:`Supervisor.stop`, from the first SIGINT/SIGTERM): every child g
 and ``grace`` seconds to finish, then SIGKILL. Calling it again (a second Ctrl-C) kills them
 at once; either way :meth:`Supervisor.run` returns only when every child has exited::
 
-    sup = Supervisor([Spec("api", [sys.executable, "-m", "qesmon", "api"], env)],
+    sup = Supervisor([Spec("api", [sys.executable, "-m", "cli", "api"], env)],
                      redis_url=settings.redis_url, key=settings.streams.key("health", "supervisor"))
     signal.signal(signal.SIGINT, lambda *_: sup.stop())
     sup.run()

@@ -1,6 +1,6 @@
-"""Alert channel configuration from the platform's code, as in the seed::
+"""The alerting client for the platform's code: configure and test channels, as in the seed::
 
-    from qesmon.sdk import AlertingSystem, NotificationChannel
+    from notifier.client import AlertingSystem, NotificationChannel
 
     alerting = AlertingSystem(database_url=os.environ["DATABASE_URL"])
     alerting.configure_channel(NotificationChannel.SLACK,
@@ -10,6 +10,8 @@
 The config is validated at once (:class:`~qesmon.errors.ChannelError` names the field) and,
 with a ``database_url``, written to ``channel_configs`` where the running notifier picks it up
 within seconds; without one it is only kept in this object (useful for validation in CI).
+It lives in the notifier, next to the channel configs it validates and the test it sends, so
+that the metrics SDK (:mod:`qesmon.sdk`) needs none of the notifier's dependencies.
 Secrets may be ``${ENV_NAME}`` references; they are stored as given and every return value
 is masked. Field names per channel: see :mod:`notifier.channels`.
 """
@@ -20,7 +22,15 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
+import aiohttp
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from notifier.actions import send_test
+from notifier.configs import ChannelConfig, validate
+from qesmon.db import connect
 from qesmon.errors import ChannelError
+from qesmon.settings import Settings
 
 
 class NotificationChannel(StrEnum):
@@ -46,15 +56,9 @@ class AlertingSystem:
         self, channel: NotificationChannel | str, config: Mapping[str, Any], *, enabled: bool = True
     ) -> dict[str, Any]:
         """Validate and store ``config`` for ``channel``; return it with secrets masked."""
-        from notifier.configs import ChannelConfig, validate
-
         name = _name(channel)
         clean = validate(name, dict(config))
         if self.database_url is not None:
-            from psycopg.types.json import Jsonb
-
-            from qesmon.db import connect
-
             with connect(self.database_url, autocommit=True) as conn:
                 conn.execute(
                     "INSERT INTO channel_configs (channel, enabled, config, updated_at)"
@@ -67,8 +71,6 @@ class AlertingSystem:
 
     def channels(self) -> dict[str, dict[str, Any]]:
         """The channels configured through this object, masked."""
-        from notifier.configs import ChannelConfig
-
         return {
             name: ChannelConfig(name, on, cfg, "api").masked()
             for name, (on, cfg) in self._configs.items()
@@ -81,12 +83,6 @@ class AlertingSystem:
         """
         if self.database_url is None:
             raise ChannelError("send_test needs AlertingSystem(database_url=...)", _name(channel))
-        import aiohttp
-        from psycopg_pool import AsyncConnectionPool
-
-        from notifier.actions import send_test
-        from qesmon.settings import Settings
-
         settings = Settings(database_url=self.database_url)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             self.database_url, min_size=1, max_size=1, open=False, kwargs={"autocommit": True}

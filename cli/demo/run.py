@@ -19,10 +19,10 @@ from typing import TextIO
 import redis
 import redis.asyncio as aioredis
 
-from qesmon.demo.incidents import CYCLE, INCIDENTS, Effects, Incident, Schedule, quota_tenant
-from qesmon.demo.notify import WebhookReceiver, claim_webhook, release_webhook
-from qesmon.demo.platform import Tenant, make_tenants
-from qesmon.demo.traffic import EVENTS_PER_REQUEST, Ev, Intervals, Traffic, diurnal, poisson
+from cli.demo.incidents import CYCLE, INCIDENTS, Effects, Incident, Schedule, quota_tenant
+from cli.demo.notify import WebhookReceiver, claim_webhook, release_webhook
+from cli.demo.platform import Tenant, make_tenants
+from cli.demo.traffic import EVENTS_PER_REQUEST, Ev, Intervals, Traffic, diurnal, poisson
 from qesmon.errors import ConfigError
 from qesmon.sdk.collector import MetricsCollector
 from qesmon.settings import Settings, mask_url

@@ -131,7 +131,7 @@ def _is_ours(config: dict[str, Any]) -> bool:
 
 def claim_webhook(settings: Settings, url: str) -> str | None:
     """Point the ``webhook`` channel at ``url``; None when done, else why it was left alone."""
-    from qesmon.sdk.alerting import AlertingSystem
+    from notifier.client import AlertingSystem
 
     if settings.webhook_url:
         return "WEBHOOK_URL is set, so alerts go there"
@@ -144,7 +144,7 @@ def claim_webhook(settings: Settings, url: str) -> str | None:
 
 def release_webhook(settings: Settings, url: str) -> None:
     """Switch the demo's webhook configuration off: its receiver is going away."""
-    from qesmon.sdk.alerting import AlertingSystem
+    from notifier.client import AlertingSystem
 
     row = _webhook_row(settings)
     if row is not None and _is_ours(row[1]) and row[1].get("url") == url:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from qesmon.demo.platform import Tenant
+from cli.demo.platform import Tenant
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from qesmon import vocabulary as v
-from qesmon.contract import MetricType
-from qesmon.demo.incidents import Effects
-from qesmon.demo.platform import (
+from cli.demo.incidents import Effects
+from cli.demo.platform import (
     ENDPOINTS,
     ERROR_ENDPOINT,
     FX,
@@ -21,6 +19,8 @@ from qesmon.demo.platform import (
     Endpoint,
     Tenant,
 )
+from qesmon import vocabulary as v
+from qesmon.contract import MetricType
 
 #: events one request brings on average (the request, database calls, usage, features)
 EVENTS_PER_REQUEST = 2.1

@@ -1,10 +1,11 @@
 """``qesmon``: the one command line entry point.
 
 Subcommands: ``up`` (everything, in the foreground, each process supervised and restarted
-when it exits: :mod:`qesmon.supervisor`), ``pipeline``, ``notifier``, ``api``,
+when it exits: :mod:`cli.supervisor`), ``pipeline``, ``notifier``, ``api``,
 ``migrate``, ``rules check``, ``keys create``, ``demo``. This is the only module that reads
 the environment; each subcommand's implementation lives in its own package and receives a
-:class:`~qesmon.settings.Settings`.
+:class:`~qesmon.settings.Settings`. The console script ``qesmon`` and ``python -m cli`` both
+run :func:`main`.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return create_key_cli(settings, role=args.role, tenant=args.tenant, name=args.name)
     if command == "demo":
-        from qesmon.demo import main as demo_main
+        from cli.demo import main as demo_main
 
         return demo_main(settings, args)
     if command == "up":
@@ -158,11 +159,11 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     """Migrate, then run every process as a supervised child until Ctrl-C or SIGTERM.
 
     A child that exits is restarted with backoff while the others keep running (the demo,
-    which may end on its own, is not); see :mod:`qesmon.supervisor`. A second Ctrl-C kills
+    which may end on its own, is not); see :mod:`cli.supervisor`. A second Ctrl-C kills
     the children instead of waiting for them."""
-    from qesmon.demo import notifier_rules_dir, session
+    from cli.demo import notifier_rules_dir, session
+    from cli.supervisor import Spec, Supervisor
     from qesmon.migrate import apply_migrations
-    from qesmon.supervisor import Spec, Supervisor
 
     apply_migrations(settings.database_url)
     commands = [["pipeline"], ["notifier"], ["api"]]
@@ -181,7 +182,7 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
         [
             Spec(
                 command[0],
-                [sys.executable, "-m", "qesmon", *command],
+                [sys.executable, "-m", "cli", *command],
                 envs.get(command[0], env),
                 restart=command[0] != "demo",
             )

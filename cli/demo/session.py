@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from qesmon.demo.incidents import CYCLE
-from qesmon.demo.run import DemoOptions
+from cli.demo.incidents import CYCLE
+from cli.demo.run import DemoOptions
 from qesmon.settings import Settings
 
 #: ``scripts/setup.sh`` writes this into ``var/env.sh`` with the URL of the Redis it started
