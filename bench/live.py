@@ -5,8 +5,11 @@ Creates a database of its own (dropped at the end), starts ``qesmon pipeline`` a
 api`` as separate processes under a key prefix of its own, then
 
 1. latency: XADDs one ``http_request`` event at a time for a tenant of its own and times how
-   long until a snapshot on ``/api/v1/metrics/stream?tenant_id=<it>`` counts it (p50/p99;
-   target p99 < 500 ms: the pipeline publishes every 250 ms, the API ticks every 250 ms);
+   long until a snapshot on ``/api/v1/metrics/stream?tenant_id=<it>`` shows it (p50/p99;
+   target p99 < 500 ms: the pipeline publishes every 250 ms, the API ticks every 250 ms).
+   Each probe has an endpoint of its own and a duration longer than every probe before it,
+   so it has arrived when the snapshot's p95 (the slowest endpoint's, newest window) is its
+   duration: a count would also move when a window rolls out;
 2. cost: with a steady load of events, the API process's CPU and RSS with 0 and with 100
    open streams (and how many snapshots per second each stream got).
 
@@ -46,13 +49,13 @@ from qesmon.contract import encode_batch, encode_event, event_dict  # noqa: E402
 from qesmon.migrate import apply_migrations  # noqa: E402
 
 
-def request_event(tenant: str) -> dict[str, Any]:
+def request_event(tenant: str, seconds: float = 0.05, endpoint: str = "/x") -> dict[str, Any]:
     return event_dict(
         "http_request",
-        0.05,
+        seconds,
         type="performance",
         tenant=tenant,
-        labels={"service": "bench", "endpoint": "/x", "method": "GET", "status": "200"},
+        labels={"service": "bench", "endpoint": endpoint, "method": "GET", "status": "200"},
     )
 
 
@@ -76,19 +79,17 @@ async def latency(base: str, key: str, stream: str, redis_url: str, probes: int)
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=None)) as response:
             feed = snapshots(response)
             await anext(feed)
-            seen = 0
-            for _ in range(probes):
+            for i in range(probes):
                 await asyncio.sleep(random.uniform(0.05, 0.3))
-                # the count covers two windows: wait for it to go up, whatever it was
+                seconds = 0.001 * (i + 1)  # longer than every probe before it
+                event = request_event(tenant, seconds, endpoint=f"/probe{i}")
                 sent = time.perf_counter()
-                await client.xadd(stream, encode_event(request_event(tenant)))  # type: ignore[arg-type]
+                await client.xadd(stream, encode_event(event))  # type: ignore[arg-type]
                 async for at, snap in feed:
-                    count = snap["requests"]["count"]
-                    if count > seen or (count and count < seen):
-                        seen = count
+                    p95 = snap["requests"]["p95_s"]
+                    if p95 is not None and abs(p95 - seconds) < 1e-9:
                         out.append(at - sent)
                         break
-                    seen = count
     await client.aclose()
     return out
 
@@ -189,12 +190,12 @@ def main() -> int:
         recovery = str(Path(workdir.name) / "recovery")
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "qesmon", "pipeline", "--recovery-dir", recovery],
+                [sys.executable, "-m", "cli", "pipeline", "--recovery-dir", recovery],
                 env=env,
                 cwd=ROOT,
             )
         )
-        api_proc = subprocess.Popen([sys.executable, "-m", "qesmon", "api"], env=env, cwd=ROOT)
+        api_proc = subprocess.Popen([sys.executable, "-m", "cli", "api"], env=env, cwd=ROOT)
         procs.append(api_proc)
         base = f"http://127.0.0.1:{api_port}"
         stream = f"{prefix}:metrics"
