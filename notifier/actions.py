@@ -3,8 +3,11 @@
 Each function takes the API's :class:`psycopg_pool.AsyncConnectionPool` and
 :class:`~qesmon.settings.Settings`; notifications they cause go through the outbox, so a
 running notifier delivers them (with retries) even if the API process dies right after.
-Errors: :class:`~qesmon.errors.NotFound` for an unknown alert, :class:`ChannelError` (a
-``QesmonError``; the API maps it to 400) naming the channel and field for a bad config.
+Errors, domain errors that the API's error middleware maps to HTTP answers:
+:class:`~notifier.store.UnknownAlert` (a ``NotFound``) for an unknown alert;
+:class:`InvalidChannelConfig` naming the channel and field for a config that
+:func:`configure_channel` refuses; :class:`~qesmon.errors.ChannelError` for a channel that
+:func:`send_test` cannot use (unknown, not configured).
 """
 
 from __future__ import annotations
@@ -28,10 +31,15 @@ from notifier.configs import validate as _validate
 from notifier.secrets import scrub, secret_values
 from notifier.service import template_dirs
 from notifier.templating import Renderer
-from qesmon.errors import BadRequest, ChannelError, DeliveryError
+from qesmon.errors import ChannelError, DeliveryError
 from qesmon.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class InvalidChannelConfig(ChannelError):
+    """A channel config given to :func:`configure_channel` is refused: an unknown channel, a
+    config that is not an object, a bad or missing field (the message names which)."""
 
 
 async def acknowledge_alert(
@@ -50,7 +58,7 @@ async def acknowledge_alert(
     ``event_action: acknowledge`` for the same ``dedup_key``; SMS and Alertmanager get
     nothing). Returns ``{"id", "fingerprint", "rule_id", "state", "acknowledged_at",
     "acknowledged_by", "resolved_at", "escalation_stopped", "notified"}``.
-    Raises NotFound when there is no such alert.
+    Raises UnknownAlert when there is no such alert.
     """
     now = (clock or SystemClock()).now()
     available = enabled(await load_configs(pool, settings))
@@ -72,7 +80,7 @@ async def resolve_alert(
     Sets the alert ``resolved`` (and records an ``alert_events`` row with
     ``{"manual": true, "by": ...}``), stops escalation and repeats, and queues resolved
     notices to every channel that was told. Resolving twice sends nothing new. Returns the
-    same shape as :func:`acknowledge_alert`; raises NotFound when there is no such alert.
+    same shape as :func:`acknowledge_alert`; raises UnknownAlert when there is no such alert.
     """
     now = (clock or SystemClock()).now()
     available = enabled(await load_configs(pool, settings))
@@ -84,13 +92,18 @@ async def resolve_alert(
 def validate_channel_config(channel: str, config: dict[str, Any]) -> dict[str, Any]:
     """Check ``config`` for ``channel`` and return it normalised (defaults filled in).
 
-    Raises BadRequest for a non-object config and ChannelError (message
-    ``"<channel>: field '<name>': <problem>"``) for an unknown channel or a bad field.
-    Secrets are kept as given, ``${ENV_NAME}`` references included.
+    Raises InvalidChannelConfig (message ``"<channel>: field '<name>': <problem>"``) for a
+    non-object config, an unknown channel or a bad field. Secrets are kept as given,
+    ``${ENV_NAME}`` references included.
     """
     if not isinstance(config, dict):
-        raise BadRequest("config must be a JSON object")
-    return _validate(channel, config)
+        raise InvalidChannelConfig("config must be a JSON object", channel)
+    try:
+        return _validate(channel, config)
+    except ChannelError as exc:
+        refused = InvalidChannelConfig(str(exc))
+        refused.channel = exc.channel
+        raise refused from None
 
 
 async def configure_channel(
@@ -106,7 +119,7 @@ async def configure_channel(
     A running notifier picks the change up within its housekeeping interval (2 s).
     """
     if not isinstance(enabled, bool):
-        raise BadRequest("enabled must be true or false")
+        raise InvalidChannelConfig("enabled must be true or false", channel)
     clean = validate_channel_config(channel, config)
     async with pool.connection() as conn:
         await conn.execute(

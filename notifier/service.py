@@ -59,6 +59,7 @@ from notifier import store
 from notifier.channels import REGISTRY, Channel, SendEnv
 from notifier.clock import Clock, SystemClock
 from notifier.configs import ChannelConfig, enabled, env_configs, load_configs
+from notifier.decide import Outcome, Plan
 from notifier.delivery import RetryPolicy, send_rows
 from notifier.policy import PolicyStore
 from notifier.store import Attempt, OutboxRow
@@ -334,7 +335,7 @@ class Notifier:
         for plan in plans:
             self._account(plan)
 
-    async def _record(self, good: list[tuple[str, AlertTransition]]) -> list[store.Plan]:
+    async def _record(self, good: list[tuple[str, AlertTransition]]) -> list[Plan]:
         """Outbox rows and timers of ``good``, in one transaction."""
         plans = []
         async with self.pool.connection() as conn, conn.transaction():
@@ -421,21 +422,21 @@ class Notifier:
         )
         await self.redis.xack(self.settings.streams.alerts, GROUP, entry_id)
 
-    def _account(self, plan: store.Plan) -> None:
-        if plan.outcome == "duplicate":
+    def _account(self, plan: Plan) -> None:
+        if plan.outcome is Outcome.DUPLICATE:
             self.counters["duplicates"] += 1
-        elif plan.outcome == "deduped":
+        elif plan.outcome is Outcome.DEDUPED:
             self.counters["deduped"] += 1
-        elif plan.outcome == "escalated":
+        elif plan.outcome is Outcome.ESCALATED:
             self.counters["escalations"] += 1
-        elif plan.outcome == "repeat":
+        elif plan.outcome is Outcome.REPEAT:
             self.counters["repeats"] += 1
         if plan.skipped:
             self.counters["unconfigured_channel"] += len(plan.skipped)
             log.warning(
                 "alert %s: channels %s are not configured or disabled; not sent there",
                 plan.alert_id,
-                plan.skipped,
+                list(plan.skipped),
             )
         self.counters["enqueued"] += len(plan.channels)
         for name in plan.channels:

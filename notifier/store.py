@@ -1,16 +1,21 @@
-"""The notifier's database side: transitions into outbox rows, timers, leases, results.
+"""The notifier's database side: loads the records decisions need, applies their plans.
 
 Every function takes an open async connection inside the caller's transaction (or the pool,
-for the self-contained ones) and a ``now`` from the notifier's clock. Tables: ``alerts``
-(read, and written for manual resolve / acknowledge), ``notifier_*`` (migration 0200) and
-``deliveries`` (one row per attempt per alert).
+for the self-contained ones) and a ``now`` from the notifier's clock. What is decided — who
+is told, when, what timers run, what an episode remembers — is decided in
+:mod:`notifier.decide` (pure); here the records are loaded, in the order that takes row locks
+as every path does (alert, then its timers, then its episode, so two paths never wait on
+each other), handed over, and the resulting :class:`~notifier.decide.Plan` is written by
+:func:`apply`. Tables: ``alerts`` (read, and written for resolve / acknowledge),
+``notifier_*`` (migration 0200) and ``deliveries`` (one row per attempt per alert).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -18,8 +23,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from notifier.channels import REGISTRY
+from notifier import decide
 from notifier.clock import iso, to_datetime
+from notifier.decide import Alert, DueTimer, Episode, Notice, Outcome, Plan
 from notifier.policy import NotifierPolicy
 from qesmon import db
 from qesmon.alerts import AlertState, AlertTransition
@@ -30,14 +36,13 @@ log = logging.getLogger(__name__)
 Conn = psycopg.AsyncConnection[Any]
 
 
-@dataclass(slots=True)
-class Plan:
-    """What a transition or timer did; the service turns it into counters and wake-ups."""
+class UnknownAlert(NotFound):
+    """There is no alert with this id (a :class:`~qesmon.errors.NotFound`: the API answers
+    404 ``not_found``)."""
 
-    outcome: str
-    alert_id: int | None = None
-    channels: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    def __init__(self, alert_id: int) -> None:
+        super().__init__(f"alert {alert_id} does not exist")
+        self.alert_id = alert_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,34 +58,11 @@ class OutboxRow:
     created_at: float
 
 
-def _stamp(value: Any) -> str | None:
-    """A timestamp column as ISO text (None stays None)."""
-    return None if value is None else iso(value.timestamp())
+# -- loading records ---------------------------------------------------------------------------
 
 
-def alert_context(
-    row: Mapping[str, Any], *, state: str, at: float, level: int = 0, by: str = ""
-) -> dict[str, Any]:
-    """The snapshot of an alert the templates and wire formats read (stored in the outbox)."""
-
-    return {
-        "alert_id": row["id"],
-        "fingerprint": row["fingerprint"],
-        "rule_id": row["rule_id"],
-        "rule_name": row["rule_name"],
-        "severity": row["severity"],
-        "state": state,
-        "value": row["value"],
-        "tenant": row["tenant_id"],
-        "labels": dict(row["labels"] or {}),
-        "annotations": dict(row["annotations"] or {}),
-        "started_at": _stamp(row["started_at"]),
-        "fired_at": _stamp(row["fired_at"]),
-        "resolved_at": _stamp(row["resolved_at"]),
-        "at": iso(at),
-        "level": level,
-        "by": by,
-    }
+def _unix(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
 
 
 _ALERT_COLS = (
@@ -90,7 +72,27 @@ _ALERT_COLS = (
 )
 
 
-async def _alert_for_firing(conn: Conn, t: AlertTransition) -> dict[str, Any]:
+def _alert(row: Mapping[str, Any]) -> Alert:
+    return Alert(
+        id=int(row["id"]),
+        fingerprint=row["fingerprint"],
+        rule_id=row["rule_id"],
+        rule_name=row["rule_name"],
+        severity=row["severity"],
+        state=row["state"],
+        tenant=row["tenant_id"],
+        labels=dict(row["labels"] or {}),
+        annotations=dict(row["annotations"] or {}),
+        value=row["value"],
+        started_at=_unix(row["started_at"]),
+        fired_at=_unix(row["fired_at"]),
+        resolved_at=_unix(row["resolved_at"]),
+        acknowledged_at=_unix(row["acknowledged_at"]),
+        acknowledged_by=row["acknowledged_by"],
+    )
+
+
+async def _alert_for_firing(conn: Conn, t: AlertTransition) -> Alert:
     """The episode a firing transition belongs to; created when the rule engine did not."""
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
@@ -99,9 +101,9 @@ async def _alert_for_firing(conn: Conn, t: AlertTransition) -> dict[str, Any]:
         (t.fingerprint,),
     )
     row = await cur.fetchone()
+    if row is not None and decide.is_episode_of(alert := _alert(row), t):
+        return alert
     at = to_datetime(t.at)
-    if row is not None and (row["state"] != "resolved" or (row["resolved_at"] or at) >= at):
-        return row
     await cur.execute(
         "INSERT INTO alerts (fingerprint, rule_id, rule_name, severity, state, tenant_id,"
         " labels, annotations, value, started_at, fired_at)"
@@ -129,64 +131,197 @@ async def _alert_for_firing(conn: Conn, t: AlertTransition) -> dict[str, Any]:
         )
         row = await cur.fetchone()
     assert row is not None
-    return row
+    return _alert(row)
 
 
-async def _alert_by_id(conn: Conn, alert_id: int, lock: bool = False) -> dict[str, Any] | None:
+async def _alert_by_id(conn: Conn, alert_id: int, lock: bool = False) -> Alert | None:
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
         f"SELECT {_ALERT_COLS} FROM alerts WHERE id = %s" + (" FOR UPDATE" if lock else ""),
         (alert_id,),
     )
-    return await cur.fetchone()
+    row = await cur.fetchone()
+    return None if row is None else _alert(row)
 
 
-async def _episode(conn: Conn, alert_id: int) -> dict[str, Any] | None:
+async def _alert_resolved_by(conn: Conn, t: AlertTransition) -> Alert | None:
+    """The episode a resolved transition ends (the newest that started by then), locked."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        f"SELECT {_ALERT_COLS} FROM alerts WHERE fingerprint = %s"
+        " ORDER BY (started_at <= %s) DESC, id DESC LIMIT 1 FOR UPDATE",
+        (t.fingerprint, to_datetime(t.at)),
+    )
+    row = await cur.fetchone()
+    return None if row is None else _alert(row)
+
+
+async def _pending_timers(conn: Conn, alert_id: int) -> list[int]:
+    """Ids of the alert's pending timers, locked (before its episode, as the timer loop)."""
+    cur = await conn.execute(
+        "SELECT id FROM notifier_timers WHERE alert_id = %s AND status = 'pending'"
+        " ORDER BY id FOR UPDATE",
+        (alert_id,),
+    )
+    return [int(r[0]) for r in await cur.fetchall()]
+
+
+async def _episode(conn: Conn, alert_id: int) -> Episode | None:
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute("SELECT * FROM notifier_episodes WHERE alert_id = %s FOR UPDATE", (alert_id,))
-    return await cur.fetchone()
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return Episode(
+        alert_id=int(row["alert_id"]),
+        fingerprint=row["fingerprint"],
+        told_channels=tuple(row["told_channels"]),
+        policy=row["policy"],
+        repeat_interval=row["repeat_interval"],
+        template_set=row["template_set"],
+        group_key=row["group_key"],
+        firing_notified_at=_unix(row["firing_notified_at"]),
+        acknowledged_notified_at=_unix(row["acknowledged_notified_at"]),
+        resolved_notified_at=_unix(row["resolved_notified_at"]),
+    )
 
 
-async def enqueue(
-    conn: Conn,
-    *,
-    key: str,
-    channels: Sequence[str],
-    kind: str,
-    alert_id: int | None,
-    group_key: str,
-    context: Mapping[str, Any],
-    template_set: str | None,
-    now: float,
-    delay: float = 0.0,
-) -> list[str]:
-    """Add one outbox row per channel (idempotent on (key, channel)); return those added."""
-    added = []
-    for name in channels:
-        cls = REGISTRY[name]
-        if kind not in cls.kinds:
-            continue
-        gk = f"{kind}|{template_set or ''}|" + (group_key if cls.groupable else f"alert={alert_id}")
-        cur = await conn.execute(
-            "INSERT INTO notifier_outbox (notification_key, channel, kind, alert_id, group_key,"
-            " context, template_set, created_at, next_attempt_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (notification_key, channel) DO NOTHING RETURNING id",
+# -- applying plans ----------------------------------------------------------------------------
+
+
+async def apply(conn: Conn, plan: Plan, *, now: float) -> Plan:
+    """Write ``plan`` (``now`` stamps the writes themselves: ``updated_at``, ``fired_at``).
+
+    Returns the plan as applied: its outbox holds only the rows that were new (a row with
+    the same notification key and channel is never queued twice)."""
+    for warning in plan.warnings:
+        log.warning("%s", warning)
+    if plan.alert_change is not None and plan.alert is not None:
+        await _change_alert(conn, plan.alert, plan.alert_change, now)
+    if plan.cancel:
+        await conn.execute(
+            "UPDATE notifier_timers SET status = 'cancelled'"
+            " WHERE id = ANY(%s) AND status = 'pending'",
+            (list(plan.cancel),),
+        )
+    added = [notice for notice in plan.outbox if await _add_notice(conn, notice)]
+    if plan.episode is not None:
+        await _write_episode(conn, plan.episode)
+    for timer in plan.timers:
+        await conn.execute(
+            "INSERT INTO notifier_timers (alert_id, kind, level, due_at, channels)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             (
-                key,
-                name,
-                kind,
-                alert_id,
-                gk,
-                Jsonb(dict(context)),
-                template_set,
-                to_datetime(now),
-                to_datetime(now + delay),
+                timer.alert_id,
+                timer.kind,
+                timer.level,
+                to_datetime(timer.due_at),
+                list(timer.channels),
             ),
         )
-        if await cur.fetchone() is not None:
-            added.append(name)
-    return added
+    if plan.fired is not None:
+        await conn.execute(
+            "UPDATE notifier_timers SET status = 'fired', fired_at = %s WHERE id = %s",
+            (to_datetime(now), plan.fired),
+        )
+    return plan if len(added) == len(plan.outbox) else replace(plan, outbox=tuple(added))
+
+
+async def _change_alert(conn: Conn, alert: Alert, change: decide.AlertChange, now: float) -> None:
+    at = to_datetime(change.at)
+    if change.action == "acknowledge":
+        await conn.execute(
+            "UPDATE alerts SET acknowledged_at = %s, acknowledged_by = %s,"
+            " updated_at = %s WHERE id = %s",
+            (at, change.by, at, alert.id),
+        )
+    elif change.action == "resolve":
+        await conn.execute(
+            "UPDATE alerts SET state = 'resolved', resolved_at = coalesce(resolved_at, %s),"
+            " updated_at = %s WHERE id = %s AND state <> 'resolved'",
+            (at, to_datetime(now), alert.id),
+        )
+    elif change.action == "resolve_by_hand":
+        await conn.execute(
+            "UPDATE alerts SET state = 'resolved', resolved_at = %s, updated_at = %s WHERE id = %s",
+            (at, at, alert.id),
+        )
+        await conn.execute(
+            "INSERT INTO alert_events (alert_id, fingerprint, from_state, to_state, at, value,"
+            " details) VALUES (%s, %s, %s, 'resolved', %s, %s, %s)"
+            " ON CONFLICT DO NOTHING",
+            (
+                alert.id,
+                alert.fingerprint,
+                change.from_state,
+                at,
+                alert.value,
+                Jsonb({"manual": True, "by": change.by}),
+            ),
+        )
+    else:
+        raise ValueError(f"unknown alert change {change.action!r}")
+
+
+async def _add_notice(conn: Conn, n: Notice) -> bool:
+    """Add one outbox row (idempotent on (key, channel)); True when it is new."""
+    cur = await conn.execute(
+        "INSERT INTO notifier_outbox (notification_key, channel, kind, alert_id, group_key,"
+        " context, template_set, created_at, next_attempt_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (notification_key, channel) DO NOTHING RETURNING id",
+        (
+            n.key,
+            n.channel,
+            n.kind,
+            n.alert_id,
+            n.group_key,
+            Jsonb(dict(n.context)),
+            n.template_set,
+            to_datetime(n.created_at),
+            to_datetime(n.due_at),
+        ),
+    )
+    return await cur.fetchone() is not None
+
+
+async def _write_episode(conn: Conn, e: Episode) -> None:
+    # the episode row is locked when it exists; when it did not, a concurrent insert keeps
+    # the notices it recorded (coalesce)
+    await conn.execute(
+        "INSERT INTO notifier_episodes (alert_id, fingerprint, told_channels, policy,"
+        " repeat_interval, template_set, group_key, firing_notified_at,"
+        " acknowledged_notified_at, resolved_notified_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (alert_id) DO UPDATE SET told_channels = EXCLUDED.told_channels,"
+        " policy = EXCLUDED.policy, repeat_interval = EXCLUDED.repeat_interval,"
+        " template_set = EXCLUDED.template_set, group_key = EXCLUDED.group_key,"
+        " firing_notified_at = coalesce(EXCLUDED.firing_notified_at,"
+        "  notifier_episodes.firing_notified_at),"
+        " acknowledged_notified_at = coalesce(EXCLUDED.acknowledged_notified_at,"
+        "  notifier_episodes.acknowledged_notified_at),"
+        " resolved_notified_at = coalesce(EXCLUDED.resolved_notified_at,"
+        "  notifier_episodes.resolved_notified_at)",
+        (
+            e.alert_id,
+            e.fingerprint,
+            list(e.told_channels),
+            e.policy,
+            e.repeat_interval,
+            e.template_set,
+            e.group_key,
+            _stamp_or_none(e.firing_notified_at),
+            _stamp_or_none(e.acknowledged_notified_at),
+            _stamp_or_none(e.resolved_notified_at),
+        ),
+    )
+
+
+def _stamp_or_none(value: float | None) -> datetime | None:
+    return None if value is None else to_datetime(value)
+
+
+# -- the entry points --------------------------------------------------------------------------
 
 
 async def record_transition(
@@ -206,168 +341,27 @@ async def record_transition(
         (t.key, stream_id),
     )
     if await cur.fetchone() is None:
-        return Plan("duplicate")
+        return Plan(Outcome.DUPLICATE)
     if t.to_state is AlertState.FIRING:
-        return await _on_firing(conn, t, policy, available, now, time_scale)
-    if t.to_state is AlertState.RESOLVED:
-        return await _on_resolved(conn, t, policy, available, now)
-    return Plan("ignored")
-
-
-async def _on_firing(
-    conn: Conn,
-    t: AlertTransition,
-    policy: NotifierPolicy,
-    available: Collection[str],
-    now: float,
-    time_scale: float,
-) -> Plan:
-    alert = await _alert_for_firing(conn, t)
-    alert_id = int(alert["id"])
-    episode = await _episode(conn, alert_id)
-    if episode is not None and episode["firing_notified_at"] is not None:
-        return Plan("deduped", alert_id)
-    route = policy.routing.route(t)
-    escalation = policy.escalation.get(route.escalation) if route.escalation else None
-    if route.escalation and escalation is None:
-        log.warning(
-            "alert %s names escalation policy %r, which is not defined",
-            t.fingerprint,
-            route.escalation,
-        )
-    wanted = list(route.channels)
-    if escalation is not None:
-        wanted += [c for c in escalation.immediate_channels() if c not in wanted]
-    channels = [c for c in wanted if c in available]
-    skipped = [c for c in wanted if c not in available]
-    context = alert_context(alert, state="firing", at=t.at)
-    added = await enqueue(
-        conn,
-        key=t.key,
-        channels=channels,
-        kind="firing",
-        alert_id=alert_id,
-        group_key=route.group_key,
-        context=context,
-        template_set=t.template,
-        now=now,
-        delay=route.group_wait,
-    )
-    base = min(now, t.at) if t.at > 0 else now
-    await conn.execute(
-        "INSERT INTO notifier_episodes (alert_id, fingerprint, told_channels, policy,"
-        " repeat_interval, template_set, group_key, firing_notified_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (alert_id) DO UPDATE SET told_channels = EXCLUDED.told_channels,"
-        " policy = EXCLUDED.policy, repeat_interval = EXCLUDED.repeat_interval,"
-        " template_set = EXCLUDED.template_set, group_key = EXCLUDED.group_key,"
-        " firing_notified_at = EXCLUDED.firing_notified_at",
-        (
-            alert_id,
-            t.fingerprint,
-            channels,
-            escalation.name if escalation else None,
-            route.repeat_interval,
-            t.template,
-            route.group_key,
-            to_datetime(now),
-        ),
-    )
-    if escalation is not None:
-        for level, delay, level_channels in escalation.delayed_levels(time_scale):
-            await conn.execute(
-                "INSERT INTO notifier_timers (alert_id, kind, level, due_at, channels)"
-                " VALUES (%s, 'escalate', %s, %s, %s) ON CONFLICT DO NOTHING",
-                (alert_id, level, to_datetime(max(now, base + delay)), list(level_channels)),
-            )
-    if route.repeat_interval > 0 and channels:
-        await conn.execute(
-            "INSERT INTO notifier_timers (alert_id, kind, level, due_at)"
-            " VALUES (%s, 'repeat', 1, %s) ON CONFLICT DO NOTHING",
-            (alert_id, to_datetime(now + route.repeat_interval * time_scale)),
-        )
-    return Plan("notified", alert_id, added, skipped)
-
-
-async def _find_resolved_alert(conn: Conn, t: AlertTransition) -> dict[str, Any] | None:
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(
-        f"SELECT {_ALERT_COLS} FROM alerts WHERE fingerprint = %s"
-        " ORDER BY (started_at <= %s) DESC, id DESC LIMIT 1",
-        (t.fingerprint, to_datetime(t.at)),
-    )
-    return await cur.fetchone()
-
-
-async def _on_resolved(
-    conn: Conn, t: AlertTransition, policy: NotifierPolicy, available: Collection[str], now: float
-) -> Plan:
-    alert = await _find_resolved_alert(conn, t)
-    if alert is None:
-        return Plan("ignored")
-    at = to_datetime(t.at)
-    await conn.execute(
-        "UPDATE alerts SET state = 'resolved', resolved_at = coalesce(resolved_at, %s),"
-        " updated_at = %s WHERE id = %s AND state <> 'resolved'",
-        (at, to_datetime(now), alert["id"]),
-    )
-    if alert["resolved_at"] is None:
-        alert["resolved_at"] = at
-    group_wait = policy.routing.route(t).group_wait
-    return await resolve_episode(
-        conn, alert, key=t.key, now=now, at=t.at, available=available, delay=group_wait
-    )
-
-
-async def resolve_episode(
-    conn: Conn,
-    alert: Mapping[str, Any],
-    *,
-    key: str,
-    now: float,
-    at: float,
-    available: Collection[str],
-    by: str = "",
-    delay: float = 0.0,
-) -> Plan:
-    """Cancel the timers of an episode and queue resolved notices to every channel told."""
-    alert_id = int(alert["id"])
-    await conn.execute(
-        "UPDATE notifier_timers SET status = 'cancelled'"
-        " WHERE alert_id = %s AND status = 'pending'",
-        (alert_id,),
-    )
-    episode = await _episode(conn, alert_id)
-    if episode is None or episode["firing_notified_at"] is None:
-        return Plan("ignored", alert_id)
-    if episode["resolved_notified_at"] is not None:
-        return Plan("deduped", alert_id)
-    told = list(episode["told_channels"])
-    channels = [c for c in told if c in available]
-    context = alert_context(alert, state="resolved", at=at, by=by)
-    added = await enqueue(
-        conn,
-        key=key,
-        channels=channels,
-        kind="resolved",
-        alert_id=alert_id,
-        group_key=episode["group_key"],
-        context=context,
-        template_set=episode["template_set"],
-        now=now,
-        delay=delay,
-    )
-    await conn.execute(
-        "UPDATE notifier_episodes SET resolved_notified_at = %s WHERE alert_id = %s",
-        (to_datetime(now), alert_id),
-    )
-    return Plan("notified", alert_id, added, [c for c in told if c not in available])
+        alert = await _alert_for_firing(conn, t)
+        episode = await _episode(conn, alert.id)
+        plan = decide.firing(t, alert, episode, policy, available, now=now, time_scale=time_scale)
+    elif t.to_state is AlertState.RESOLVED:
+        found = await _alert_resolved_by(conn, t)
+        if found is None:
+            return Plan(Outcome.IGNORED)
+        pending = await _pending_timers(conn, found.id)
+        episode = await _episode(conn, found.id)
+        plan = decide.resolved(t, found, pending, episode, policy, available, now=now)
+    else:
+        return Plan(Outcome.IGNORED)
+    return await apply(conn, plan, now=now)
 
 
 async def fire_due_timers(
     conn: Conn, *, now: float, available: Collection[str], time_scale: float, limit: int = 100
 ) -> list[Plan]:
-    """Fire escalation and repeat timers that are due (skipping acknowledged/resolved ones)."""
+    """Fire escalation and repeat timers that are due (cancelling acknowledged/resolved ones)."""
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
         "SELECT t.id, t.alert_id, t.kind, t.level, t.channels FROM notifier_timers t"
@@ -375,170 +369,73 @@ async def fire_due_timers(
         " FOR UPDATE OF t SKIP LOCKED",
         (to_datetime(now), limit),
     )
-    timers = await cur.fetchall()
+    rows = await cur.fetchall()
     plans = []
-    for timer in timers:
-        alert = await _alert_by_id(conn, timer["alert_id"])
-        episode = await _episode(conn, timer["alert_id"])
-        live = (
-            alert is not None
-            and episode is not None
-            and alert["state"] != "resolved"
-            and alert["acknowledged_at"] is None
-            and episode["resolved_notified_at"] is None
+    for row in rows:
+        timer = DueTimer(
+            int(row["id"]), int(row["alert_id"]), row["kind"], row["level"], tuple(row["channels"])
         )
-        if not live:
-            await conn.execute(
-                "UPDATE notifier_timers SET status = 'cancelled' WHERE id = %s", (timer["id"],)
-            )
-            plans.append(Plan("cancelled", timer["alert_id"]))
-            continue
-        assert alert is not None and episode is not None
-        alert_id = int(alert["id"])
-        if timer["kind"] == "escalate":
-            wanted = list(timer["channels"])
-            kind, key = "escalated", f"{alert_id}:escalate:{timer['level']}"
-        else:
-            wanted = list(episode["told_channels"])
-            kind, key = "repeat", f"{alert_id}:repeat:{timer['level']}"
-        channels = [c for c in wanted if c in available]
-        context = alert_context(alert, state="firing", at=now, level=timer["level"])
-        added = await enqueue(
-            conn,
-            key=key,
-            channels=channels,
-            kind=kind,
-            alert_id=alert_id,
-            group_key=f"level={timer['level']}," + episode["group_key"],
-            context=context,
-            template_set=episode["template_set"],
-            now=now,
-        )
-        if kind == "escalated":
-            told = list(episode["told_channels"]) + [
-                c for c in channels if c not in episode["told_channels"]
-            ]
-            await conn.execute(
-                "UPDATE notifier_episodes SET told_channels = %s WHERE alert_id = %s",
-                (told, alert_id),
-            )
-        elif episode["repeat_interval"]:
-            await conn.execute(
-                "INSERT INTO notifier_timers (alert_id, kind, level, due_at)"
-                " VALUES (%s, 'repeat', %s, %s) ON CONFLICT DO NOTHING",
-                (
-                    alert_id,
-                    timer["level"] + 1,
-                    to_datetime(now + float(episode["repeat_interval"]) * time_scale),
-                ),
-            )
-        await conn.execute(
-            "UPDATE notifier_timers SET status = 'fired', fired_at = %s WHERE id = %s",
-            (to_datetime(now), timer["id"]),
-        )
-        plans.append(Plan(kind, alert_id, added, [c for c in wanted if c not in available]))
+        # one by one: a timer sees what an earlier one of the same alert changed
+        alert = await _alert_by_id(conn, timer.alert_id)
+        episode = await _episode(conn, timer.alert_id)
+        plan = decide.timer_due(timer, alert, episode, available, now=now, time_scale=time_scale)
+        plans.append(await apply(conn, plan, now=now))
     return plans
 
 
 async def acknowledge(
     conn: Conn, alert_id: int, by: str, *, now: float, available: Collection[str]
 ) -> tuple[dict[str, Any], Plan]:
-    """Mark an alert acknowledged, stop its timers, queue acknowledged notices."""
+    """Mark an alert acknowledged, stop its timers, queue acknowledged notices.
+
+    Raises :class:`UnknownAlert` when there is no such alert."""
     alert = await _alert_by_id(conn, alert_id, lock=True)
     if alert is None:
-        raise NotFound(f"alert {alert_id} does not exist")
-    if alert["acknowledged_at"] is None:
-        alert["acknowledged_at"] = to_datetime(now)
-        alert["acknowledged_by"] = by
-        await conn.execute(
-            "UPDATE alerts SET acknowledged_at = %s, acknowledged_by = %s,"
-            " updated_at = %s WHERE id = %s",
-            (alert["acknowledged_at"], by, alert["acknowledged_at"], alert_id),
-        )
-    cur = await conn.execute(
-        "UPDATE notifier_timers SET status = 'cancelled'"
-        " WHERE alert_id = %s AND status = 'pending' RETURNING id",
-        (alert_id,),
-    )
-    stopped = len(await cur.fetchall())
-    plan = Plan("acknowledged", alert_id)
+        raise UnknownAlert(alert_id)
+    pending = await _pending_timers(conn, alert_id)
     episode = await _episode(conn, alert_id)
-    if (
-        episode is not None
-        and alert["state"] != "resolved"
-        and episode["acknowledged_notified_at"] is None
-        and episode["resolved_notified_at"] is None
-    ):
-        channels = [c for c in episode["told_channels"] if c in available]
-        context = alert_context(alert, state=alert["state"], at=now, by=by)
-        plan.channels = await enqueue(
-            conn,
-            key=f"{alert_id}:acknowledged",
-            channels=channels,
-            kind="acknowledged",
-            alert_id=alert_id,
-            group_key=episode["group_key"],
-            context=context,
-            template_set=episode["template_set"],
-            now=now,
-        )
-        await conn.execute(
-            "UPDATE notifier_episodes SET acknowledged_notified_at = %s WHERE alert_id = %s",
-            (to_datetime(now), alert_id),
-        )
-    return _summary(alert, stopped=stopped, notified=plan.channels), plan
+    plan = await apply(
+        conn, decide.acknowledge(alert, pending, episode, by, available, now=now), now=now
+    )
+    return _summary(plan), plan
 
 
 async def manual_resolve(
     conn: Conn, alert_id: int, by: str, *, now: float, available: Collection[str]
 ) -> tuple[dict[str, Any], Plan]:
-    """Resolve an alert by hand: state, an alert event, and resolved notices."""
+    """Resolve an alert by hand: state, an alert event, and resolved notices.
+
+    Raises :class:`UnknownAlert` when there is no such alert."""
     alert = await _alert_by_id(conn, alert_id, lock=True)
     if alert is None:
-        raise NotFound(f"alert {alert_id} does not exist")
-    if alert["state"] != "resolved":
-        at = to_datetime(now)
-        await conn.execute(
-            "UPDATE alerts SET state = 'resolved', resolved_at = %s, updated_at = %s WHERE id = %s",
-            (at, at, alert_id),
-        )
-        await conn.execute(
-            "INSERT INTO alert_events (alert_id, fingerprint, from_state, to_state, at, value,"
-            " details) VALUES (%s, %s, %s, 'resolved', %s, %s, %s)"
-            " ON CONFLICT DO NOTHING",
-            (
-                alert_id,
-                alert["fingerprint"],
-                alert["state"],
-                at,
-                alert["value"],
-                Jsonb({"manual": True, "by": by}),
-            ),
-        )
-        alert["state"], alert["resolved_at"] = "resolved", at
-    cur = await conn.execute(
-        "SELECT count(*) FROM notifier_timers WHERE alert_id = %s AND status = 'pending'",
-        (alert_id,),
+        raise UnknownAlert(alert_id)
+    pending = await _pending_timers(conn, alert_id)
+    episode = await _episode(conn, alert_id)
+    plan = await apply(
+        conn, decide.manual_resolve(alert, pending, episode, by, available, now=now), now=now
     )
-    pending = await cur.fetchone()
-    plan = await resolve_episode(
-        conn, alert, key=f"{alert_id}:resolve", now=now, at=now, available=available, by=by
-    )
-    return _summary(alert, stopped=int(pending[0]) if pending else 0, notified=plan.channels), plan
+    return _summary(plan), plan
 
 
-def _summary(alert: Mapping[str, Any], *, stopped: int, notified: list[str]) -> dict[str, Any]:
+def _summary(plan: Plan) -> dict[str, Any]:
+    """What the API answers to an acknowledge or resolve."""
+    alert = plan.alert
+    assert alert is not None
     return {
-        "id": alert["id"],
-        "fingerprint": alert["fingerprint"],
-        "rule_id": alert["rule_id"],
-        "state": alert["state"],
-        "acknowledged_at": _stamp(alert["acknowledged_at"]),
-        "acknowledged_by": alert["acknowledged_by"],
-        "resolved_at": _stamp(alert["resolved_at"]),
-        "escalation_stopped": stopped,
-        "notified": notified,
+        "id": alert.id,
+        "fingerprint": alert.fingerprint,
+        "rule_id": alert.rule_id,
+        "state": alert.state,
+        "acknowledged_at": _iso_or_none(alert.acknowledged_at),
+        "acknowledged_by": alert.acknowledged_by,
+        "resolved_at": _iso_or_none(alert.resolved_at),
+        "escalation_stopped": len(plan.cancel),
+        "notified": plan.channels,
     }
+
+
+def _iso_or_none(value: float | None) -> str | None:
+    return None if value is None else iso(value)
 
 
 # -- outbox leases and results ---------------------------------------------------------------
