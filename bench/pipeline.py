@@ -61,7 +61,7 @@ from pipeline import alerting
 from pipeline.dataflow import build_flow
 from pipeline.health import PipelineStats
 from pipeline.run import tune_memory
-from qesmon.columns import parse_entries
+from qesmon.contract import parse_entries
 from qesmon.settings import Settings
 
 EPOCH_SECONDS = 5.0  # Bytewax epoch = snapshot interval (set by --epoch)
@@ -295,7 +295,10 @@ def rules_share(settings: Settings, stop_at: str, events: int, pairs: int) -> No
 PROFILE_STEPS = {
     "reading (XREAD)": [("pipeline/source.py", "next_batch")],
     "parsing: JSON decoding (orjson)": [],  # orjson.loads called from the contract parser
-    "parsing: column checks": [("qesmon/contract.py", "parse_entries")],  # minus the decoding
+    "parsing: column checks": [  # minus the decoding
+        ("qesmon/contract.py", "parse_entries"),
+        ("qesmon/columns.py", "parse_entries"),
+    ],
     "windowing (grouping, folding, sketches, merges)": [
         ("pipeline/windows.py", "add"),
         ("pipeline/windows.py", "advance"),
@@ -329,7 +332,9 @@ def profile_breakdown(stats: pstats.Stats, events: int) -> None:
     for (path, _, func), (_, _, _, _, callers) in raw.items():
         if path == "~" and "orjson.loads" in func:
             decoding += sum(
-                ct for caller, (_, _, _, ct) in callers.items() if caller[0].endswith("contract.py")
+                ct
+                for caller, (_, _, _, ct) in callers.items()
+                if caller[0].endswith(("qesmon/contract.py", "qesmon/columns.py"))
             )
     shares["parsing: JSON decoding (orjson)"] = decoding
     shares["parsing: column checks"] -= decoding
