@@ -319,9 +319,10 @@ class Notifier:
             return
         try:
             plans = await self._record(good)
-        except OUTAGES:
-            raise
         except Exception as exc:
+            # some refusals of the data come as OperationalError (class 54): not an outage
+            if isinstance(exc, OUTAGES) and not is_refusal(exc):
+                raise
             log.warning(
                 "a batch of %d alert entries failed (%s: %s); handling them one by one",
                 len(good),
@@ -368,9 +369,9 @@ class Notifier:
         for entry_id, transition in good:
             try:
                 [plan] = await self._record([(entry_id, transition)])
-            except OUTAGES:
-                raise
             except Exception as exc:
+                if isinstance(exc, OUTAGES) and not is_refusal(exc):
+                    raise
                 if is_refusal(exc):
                     self.counters["refused"] += 1
                     reason = f"the database refused it: {store.describe(exc)}"

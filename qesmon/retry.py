@@ -16,6 +16,8 @@ from collections.abc import Callable
 import psycopg
 import redis
 
+from qesmon.db import is_refusal
+
 log = logging.getLogger(__name__)
 
 #: errors that a server coming back can cure
@@ -41,14 +43,17 @@ def retry_forever(
 ) -> None:
     """Run ``action`` until it succeeds; after each error in ``errors`` call ``on_error`` (drop
     the broken connection), log ``<what> unavailable<doing>`` and sleep, doubling the delay up
-    to ``max_delay``. ``give_up()`` true re-raises the error instead (the owner is closing)."""
+    to ``max_delay``. ``give_up()`` true re-raises the error instead (the owner is closing), and
+    so does a refusal of the data (:func:`qesmon.db.is_refusal`), which waiting cannot cure."""
     delay = first_delay
     while True:
         try:
             action()
             return
         except errors as exc:
-            if give_up():
+            # psycopg files some refusals of the data under OperationalError (class 54, e.g.
+            # an index row too big): no server coming back cures those, the caller isolates them
+            if give_up() or is_refusal(exc):
                 raise
             text = str(exc).strip()
             log.warning(
