@@ -1,9 +1,11 @@
-"""The aiohttp application: app factory, shared resources, error middleware and ``main``.
+"""The aiohttp application: app factory, error middleware and ``main``; the top of ``api/``.
 
 Shared resources live under typed :class:`aiohttp.web.AppKey`s, each created and closed in one
-``cleanup_ctx`` generator: the TimescaleDB pool (:data:`POOL`), the Redis client
-(:data:`REDIS`), the outbound HTTP session (:data:`HTTP`), the exporter's snapshot refresher
-and the psutil resource monitor (background tasks)::
+``cleanup_ctx`` generator (:mod:`api.resources`): the TimescaleDB pool, the Redis client, the
+outbound HTTP session, the report cache, and the psutil resource monitor; the exporter's
+snapshot refresher (:mod:`api.exporter`) and the live hub (:mod:`api.live`) keep theirs beside
+them. This module assembles them and imports the rest of the package; nothing in it imports
+this module back::
 
     app = create_app(settings)              # nothing connects until the app starts
     web.run_app(app, port=settings.api_port)
@@ -19,18 +21,27 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
-import aiohttp
 import psycopg
-import redis.asyncio as aioredis
 import redis.exceptions
 from aiohttp import web
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from api.auth import KeyCache
-from api.respcache import ReportCache
+from api.exporter import create_exporter_app, exporter_ctx
+from api.live import add_live_routes, live_ctx, live_shutdown
+from api.resources import (
+    HOUR_CACHE,
+    KEY_CACHE,
+    SETTINGS,
+    http_ctx,
+    monitor_ctx,
+    pool_ctx,
+    redis_ctx,
+    reports_ctx,
+)
+from api.routes import add_routes, dashboard_document
 from api.store import HourCache
 from qesmon.errors import ApiError
 from qesmon.settings import Settings
@@ -38,14 +49,6 @@ from qesmon.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
-
-SETTINGS = web.AppKey("settings", Settings)
-POOL = web.AppKey("pool", AsyncConnectionPool)
-REDIS = web.AppKey("redis", aioredis.Redis)
-HTTP = web.AppKey("http", aiohttp.ClientSession)
-HOURS = web.AppKey("hour_cache", HourCache)
-KEYS = web.AppKey("key_cache", KeyCache)
-REPORTS = web.AppKey("report_cache", ReportCache)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -111,79 +114,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, "internal_error", "internal error; it has been logged")
 
 
-async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.database_url,
-        min_size=1,
-        max_size=8,
-        open=False,
-        timeout=5.0,
-        kwargs={
-            "autocommit": True,
-            "application_name": "qesmon-api",
-            "options": "-c timezone=UTC",
-            "connect_timeout": 5,
-        },
-    )
-    # wait=False: the API starts (and /health says why it is unhealthy) with the DB down
-    await pool.open(wait=False)
-    app[POOL] = pool
-    yield
-    await pool.close(timeout=1.0)
-
-
-async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    client = aioredis.Redis.from_url(
-        app[SETTINGS].redis_url, socket_timeout=5.0, socket_connect_timeout=5.0
-    )
-    app[REDIS] = client
-    yield
-    await client.aclose()
-
-
-async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
-    app[HTTP] = session
-    yield
-    await session.close()
-
-
-async def _reports_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Finished report documents (single flight, a few seconds old at most; api/respcache)."""
-    cache = ReportCache()
-    app[REPORTS] = cache
-    yield
-    await cache.close()
-
-
-async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
-    from api.exporter import stop_task
-    from api.monitor import ResourceMonitor
-
-    settings = app[SETTINGS]
-    monitor = ResourceMonitor(settings, app[REDIS])
-    stop = asyncio.Event()
-    task = asyncio.create_task(monitor.run(stop), name="resource-monitor")
-    yield
-    stop.set()
-    await stop_task(task)
-    await monitor.close()
-
-
 def create_app(settings: Settings, *, monitor: bool | None = None) -> web.Application:
     """Build the API application; ``monitor`` overrides ``settings.resource_monitor``."""
-    from api.exporter import exporter_ctx
-    from api.live import add_live_routes, live_ctx, live_shutdown
-    from api.routes import add_routes
-
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
-    app[HOURS] = HourCache(settle_seconds=settings.allowed_lateness + 120.0)
-    app[KEYS] = KeyCache()
-    app.cleanup_ctx.extend([_pool_ctx, _redis_ctx, _http_ctx, _reports_ctx, exporter_ctx])
+    app[HOUR_CACHE] = HourCache(settle_seconds=settings.allowed_lateness + 120.0)
+    app[KEY_CACHE] = KeyCache()
+    app.cleanup_ctx.extend([pool_ctx, redis_ctx, http_ctx, reports_ctx, exporter_ctx])
     if settings.resource_monitor if monitor is None else monitor:
-        app.cleanup_ctx.append(_monitor_ctx)
+        app.cleanup_ctx.append(monitor_ctx)
     app.cleanup_ctx.append(live_ctx)
     app.on_shutdown.append(live_shutdown)
     add_routes(app)
@@ -193,8 +132,6 @@ def create_app(settings: Settings, *, monitor: bool | None = None) -> web.Applic
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the API and the exporter until ``stop`` is set."""
-    from api.exporter import create_exporter_app
-
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -243,8 +180,6 @@ def _exit_if_stuck(grace: float) -> None:
 async def _warm(app: web.Application) -> None:
     """Compute the default dashboard once in the background, so the first reader finds the
     merged hours cached (only in a served process: a test's app starts before its data)."""
-    from api.routes import dashboard_document
-
     try:
         await dashboard_document(app, None, 7)
     except asyncio.CancelledError:

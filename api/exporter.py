@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
 
 from api import health, store
+from api.resources import HOUR_CACHE, POOL, REDIS, SETTINGS, stop_task
 from api.stats import cumulative_counts
 from api.store import HOUR, Conn, HourCache, SeriesFilter
 from qesmon import vocabulary as v
@@ -483,16 +484,6 @@ class Exporter:
         return out
 
 
-async def stop_task(task: asyncio.Task[None], grace: float = 1.0) -> None:
-    """Wait for a background task that was told to stop; cancel it after ``grace`` s."""
-    try:
-        await asyncio.wait_for(asyncio.shield(task), grace)
-    except TimeoutError:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 def _le(bound: float) -> str:
     return repr(float(bound))
 
@@ -502,9 +493,7 @@ EXPORTER = web.AppKey("exporter", Exporter)
 
 async def exporter_ctx(app: web.Application) -> AsyncIterator[None]:
     """Create the exporter with the API's pool and Redis client and keep it refreshed."""
-    from api.app import HOURS, POOL, REDIS, SETTINGS
-
-    exporter = Exporter(app[SETTINGS], app[POOL], app[REDIS], app[HOURS])
+    exporter = Exporter(app[SETTINGS], app[POOL], app[REDIS], app[HOUR_CACHE])
     app[EXPORTER] = exporter
     stop = asyncio.Event()
     task = asyncio.create_task(exporter.run(stop), name="exporter-refresh")

@@ -17,10 +17,10 @@ from aiohttp import web
 
 from api import alerts as alert_store
 from api import business, dashboard, health, params, performance
-from api.app import HOURS, HTTP, KEYS, POOL, REDIS, REPORTS, SETTINGS
 from api.auth import authenticate, authorize, scoped_tenant
 from api.keys import Principal
 from api.openapi import document
+from api.resources import HOUR_CACHE, HTTP, KEY_CACHE, POOL, REDIS, REPORT_CACHE, SETTINGS
 from notifier import actions
 from qesmon.contract import encode_event, parse_entry
 from qesmon.errors import BadRequest, ChannelError, NotFound
@@ -52,7 +52,7 @@ def _guard(handler: Handler, policy: str) -> Handler:
         if policy != "public":
             app = request.app
             principal = await authenticate(
-                request.headers.get("Authorization"), app[POOL], app[KEYS]
+                request.headers.get("Authorization"), app[POOL], app[KEY_CACHE]
             )
             authorize(principal, policy)
             request[PRINCIPAL] = principal
@@ -94,7 +94,7 @@ async def dashboard_document(app: web.Application, tenant: str | None, days: int
         ("dashboard", tenant, days),
         lambda conn: dashboard.build(
             conn,
-            app[HOURS],
+            app[HOUR_CACHE],
             tenant=tenant,
             days=days,
             now=time.time(),
@@ -112,7 +112,9 @@ async def get_business_intelligence(request: web.Request) -> web.StreamResponse:
     report = await _report(
         app,
         ("business", tenant, days),
-        lambda conn: business.build(conn, app[HOURS], tenant=tenant, days=days, now=time.time()),
+        lambda conn: business.build(
+            conn, app[HOUR_CACHE], tenant=tenant, days=days, now=time.time()
+        ),
     )
     return _document(report)
 
@@ -128,7 +130,7 @@ async def get_performance(request: web.Request) -> web.StreamResponse:
         ("performance", tenant, hours),
         lambda conn: performance.build(
             conn,
-            app[HOURS],
+            app[HOUR_CACHE],
             tenant=tenant,
             hours=hours,
             now=time.time(),
@@ -149,7 +151,7 @@ async def _report(
         async with app[POOL].connection() as conn:
             return orjson.dumps(await build(conn))
 
-    return await app[REPORTS].get(key, compute)
+    return await app[REPORT_CACHE].get(key, compute)
 
 
 # -- recording -----------------------------------------------------------------------------

@@ -14,8 +14,8 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
-from api.app import KEYS
 from api.live import COOKIE, LIVE_HUB, LiveConfig
+from api.resources import KEY_CACHE
 from pipeline.live import LivePublisher
 from qesmon.alerts import AlertState, AlertTransition, Severity
 from qesmon.settings import Settings
@@ -74,7 +74,7 @@ async def test_login_sets_a_signed_httponly_cookie_that_opens_the_stream_and_nev
 async def test_a_revoked_key_loses_its_session(
     client: TestClient[Any, Any], keys: Keys, db: Db
 ) -> None:
-    client.app[KEYS].ttl = 0.0
+    client.app[KEY_CACHE].ttl = 0.0
     assert (await client.post("/live/session", json={"key": keys.viewer})).status == 200
     assert (await client.get("/live/session")).status == 200
     db.execute("UPDATE api_keys SET revoked_at = now()")
