@@ -14,8 +14,8 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
+from api.monitor import ResourceMonitor, ResourceSampler
 from qesmon.contract import encode_batch, event_dict, parse_entry
-from qesmon.monitor import ResourceMonitor, ResourceSampler
 from qesmon.settings import Settings
 from tests.api.conftest import Ev, Keys, auth
 from tests.api.test_dashboard import _ts, expected
