@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from api.keys import create_key_sync  # noqa: E402
 from bench._machine import machine  # noqa: E402
 from bench._ports import free_port, wait_for_port  # noqa: E402
-from qesmon.contract import encode_batch, encode_event, event_dict  # noqa: E402
+from qesmon.encode import encode_batch, encode_event, event_dict  # noqa: E402
 from qesmon.migrate import apply_migrations  # noqa: E402
 
 

@@ -61,7 +61,7 @@ from pipeline import alerting
 from pipeline.dataflow import build_flow
 from pipeline.health import PipelineStats
 from pipeline.run import tune_memory
-from qesmon.contract import parse_entries
+from qesmon.columns import parse_entries
 from qesmon.settings import Settings
 
 EPOCH_SECONDS = 5.0  # Bytewax epoch = snapshot interval (set by --epoch)

@@ -39,7 +39,7 @@ from bytewax.operators import windowing as win
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from pipeline.windows import ShardWindows
-from qesmon.contract import EventColumns, parse_entries
+from qesmon.columns import EventColumns, parse_entries
 from qesmon.sketch import Agg
 
 READ_EVENTS = 20_000  # events per read, as the pipeline's source takes them

@@ -30,14 +30,9 @@ from pipeline.live import LivePublisher
 from pipeline.sinks import DeadLetter, DeadLetterSink, RollupSink
 from pipeline.source import Entry, InFlight, ReadBatch, RedisStreamSource
 from pipeline.windows import ShardWindows
-from qesmon.contract import (
-    EventColumns,
-    Rejection,
-    entry_time,
-    event_fields,
-    parse_entries,
-    parse_entry,
-)
+from qesmon.columns import EventColumns, parse_entries
+from qesmon.contract import Rejection, entry_time, parse_entry
+from qesmon.encode import event_fields
 from qesmon.series import ROLLUP_WIDTHS, WindowResult
 from qesmon.settings import Settings
 

@@ -50,7 +50,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
 
-from qesmon.contract import MAX_BATCH, encode_event
+from qesmon.contract import MAX_BATCH
+from qesmon.encode import encode_event
 from qesmon.sdk.events import business_event, metric_event, performance_event, records
 from qesmon.settings import StreamKeys
 

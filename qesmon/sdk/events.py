@@ -1,7 +1,7 @@
 """Building and validating event objects on the caller's side, before they are buffered.
 
 Each builder returns the JSON object of one event (the element format of an ``events``
-entry, see :func:`qesmon.contract.event_dict`) after running it through the very
+entry, see :func:`qesmon.encode.event_dict`) after running it through the very
 validation the pipeline applies to stream entries, so a bad call fails at once with a
 :class:`~qesmon.errors.ContractError` naming the field instead of reaching the dead-letter
 stream minutes later::
@@ -24,7 +24,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import orjson
 
-from qesmon.contract import MetricType, event_dict, validate_event
+from qesmon.contract import MetricType, validate_event
+from qesmon.encode import event_dict
 from qesmon.errors import ContractError
 from qesmon.vocabulary import HTTP_REQUEST
 

@@ -9,15 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qesmon.contract import (
-    MAX_BATCH,
-    Event,
-    encode_batch,
-    encode_event,
-    event_dict,
-    parse_entries,
-    parse_entry,
-)
+from qesmon.columns import parse_entries
+from qesmon.contract import MAX_BATCH, Event, parse_entry
+from qesmon.encode import encode_batch, encode_event, event_dict
 
 ID = "1700000000000-0"
 NOW = 1_700_000_000.0

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from pipeline.sinks import DeadLetter, RollupWriter
 from qesmon import deadletter
-from qesmon.contract import parse_entries, parse_entry
+from qesmon.columns import parse_entries
+from qesmon.contract import parse_entry
 from qesmon.series import Series, WindowResult
 from qesmon.settings import Settings
 from qesmon.sketch import Agg

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from api.keys import create_key_sync
-from qesmon.contract import encode_batch, event_dict
+from qesmon.encode import encode_batch, event_dict
 from qesmon.settings import Settings
 from tests.support.processes import QesmonProcess, settings_env, wait_for
 

@@ -30,7 +30,7 @@ import pytest
 import redis
 
 from qesmon import vocabulary as v
-from qesmon.contract import encode_batch
+from qesmon.encode import encode_batch
 from qesmon.migrate import apply_migrations
 from qesmon.settings import Settings
 from tests.ops import workload

@@ -20,7 +20,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from qesmon import vocabulary as v
-from qesmon.contract import event_dict
+from qesmon.encode import event_dict
 
 TENANTS = ("tenant-a", "tenant-b", "tenant-c")
 SERVICES = ("api", "signing")

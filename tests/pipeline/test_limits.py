@@ -9,7 +9,8 @@ import orjson
 
 from pipeline.live import messages
 from pipeline.windows import ShardWindows
-from qesmon.contract import Event, EventColumns
+from qesmon.columns import EventColumns
+from qesmon.contract import Event
 from rules.engine import Evaluator
 from tests.rules.helpers import feed, rules_from, window
 

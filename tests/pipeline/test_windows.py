@@ -7,7 +7,8 @@ import pickle
 import random
 
 from pipeline.windows import ShardWindows
-from qesmon.contract import Event, EventColumns
+from qesmon.columns import EventColumns
+from qesmon.contract import Event
 from qesmon.series import WindowResult
 
 T0 = 1_700_000_000  # a multiple of 10, 60 and 3600? 1_700_000_000 % 3600 == 3200

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from qesmon.alerts import AlertTransition
-from qesmon.contract import encode_batch, event_dict
+from qesmon.encode import encode_batch, event_dict
 from qesmon.settings import Settings
 from rules.loader import load_rules
 from tests.rules.helpers import REPO
