@@ -41,7 +41,8 @@ key ``escalation_policies`` or ``routing`` belong to the notifier and are skippe
     template: alert                    # notifier template name
 
 Unknown fields are errors. Annotations are rendered by the engine when a transition happens,
-so the ``alerts`` table and every channel show the same text.
+so the ``alerts`` table and every channel show the same text. The YAML is read node by node
+with :mod:`qesmon.yamlread`, which keeps the lines.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from qesmon.alerts import Severity
 from qesmon.contract import MetricType
 from qesmon.errors import RuleError
 from qesmon.series import ROLLUP_WIDTHS
+from qesmon.yamlread import NodeReader, child, compose_all, describe
 from rules.expr import Condition, ExpressionError
 from rules.fields import FLOAT_FIELDS, RATIO_FIELDS, RESOURCE_FIELDS
 from rules.model import (
@@ -111,11 +113,6 @@ _LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.-]*")
 _FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _CHANNEL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _BASE_FIELDS = FLOAT_FIELDS - set(RESOURCE_FIELDS)  # need the rule's main metric
-
-try:
-    _Loader: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    _Loader = yaml.SafeLoader
 
 
 @dataclass
@@ -205,20 +202,9 @@ def parse_text(text: str, path: Path) -> FileRules:
     """Parse the text of a rule file (``path`` is used for locations only)."""
     result = FileRules(path)
     try:
-        documents = list(yaml.compose_all(text, Loader=_Loader))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 0
-        problem = exc.problem or "invalid YAML"
-        if exc.context and exc.context_mark is not None and exc.context_mark.line + 1 != line:
-            problem += f" ({exc.context} started at line {exc.context_mark.line + 1})"
-        lines = text.splitlines()
-        if "\t" in problem or (0 < line <= len(lines) and "\t" in lines[line - 1]):
-            problem += " (tabs are not allowed for indentation in YAML)"
-        result.errors.append(RuleError(f"YAML error: {problem}", f"{path}:{line}"))
-        return result
-    except yaml.YAMLError as exc:
-        result.errors.append(RuleError(f"YAML error: {exc}", f"{path}:0"))
+        documents = compose_all(text, path)
+    except RuleError as exc:
+        result.errors.append(exc)
         return result
     parser = _FileParser(path)
     for doc in documents:
@@ -246,74 +232,8 @@ def parse_text(text: str, path: Path) -> FileRules:
     return result
 
 
-class _FileParser:
-    """Walks YAML nodes (not plain data) so every problem can name its line."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.errors: list[RuleError] = []
-        self._constructor = yaml.SafeLoader("")
-
-    # -- helpers ---------------------------------------------------------------------------
-    def loc(self, node: yaml.Node) -> str:
-        return f"{self.path}:{node.start_mark.line + 1}"
-
-    def error(self, node: yaml.Node, message: str) -> None:
-        self.errors.append(RuleError(message, self.loc(node)))
-
-    def error_at(self, location: str, message: str) -> None:
-        self.errors.append(RuleError(message, location))
-
-    def data(self, node: yaml.Node) -> Any:
-        return self._constructor.construct_document(node)
-
-    def mapping(self, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
-        if not isinstance(node, yaml.MappingNode):
-            self.error(node, f"{what} must be a mapping, got {_kind(node)}")
-            return None
-        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for key_node, value_node in node.value:
-            key = self.data(key_node)
-            if not isinstance(key, str):
-                self.error(key_node, f"{what}: keys must be strings, got {key!r}")
-                continue
-            if key in out:
-                self.error(key_node, f"{what}: {key!r} is given twice")
-                continue
-            out[key] = (key_node, value_node)
-        return out
-
-    def string(
-        self, node: yaml.Node, what: str, pattern: re.Pattern[str] | None = None, hint: str = ""
-    ) -> str | None:
-        value = self.data(node) if isinstance(node, yaml.ScalarNode) else None
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            self.error(node, f"{what} must be a string, got {_kind(node)}")
-            return None
-        text = str(value)
-        if pattern is not None and not pattern.fullmatch(text):
-            self.error(node, f"{what} {text!r} is invalid{hint}")
-            return None
-        return text
-
-    def strings(
-        self, node: yaml.Node, what: str, pattern: re.Pattern[str] | None = None, hint: str = ""
-    ) -> tuple[str, ...] | None:
-        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
-        out = []
-        for item in items:
-            text = self.string(item, what, pattern, hint)
-            if text is None:
-                return None
-            out.append(text)
-        return tuple(out)
-
-    def number(self, node: yaml.Node, what: str) -> float | None:
-        value = self.data(node) if isinstance(node, yaml.ScalarNode) else None
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-            self.error(node, f"{what} must be a number, got {_kind(node)}")
-            return None
-        return float(value)
+class _FileParser(NodeReader):
+    """The rule semantics over the YAML reader: walks nodes, so every problem names its line."""
 
     def duration(self, node: yaml.Node, what: str) -> float | None:
         try:
@@ -349,7 +269,7 @@ class _FileParser:
                 if isinstance(rules_node, yaml.ScalarNode) and self.data(rules_node) is None:
                     return []
                 if not isinstance(rules_node, yaml.SequenceNode):
-                    self.error(rules_node, f"rules must be a list, got {_kind(rules_node)}")
+                    self.error(rules_node, f"rules must be a list, got {describe(rules_node)}")
                     return []
                 return list(rules_node.value)
             if "id" in keys:
@@ -361,7 +281,7 @@ class _FileParser:
             return []
         if isinstance(doc, yaml.ScalarNode) and self.data(doc) is None:
             return []
-        self.error(doc, f"expected a rule, a list of rules or 'rules:', got {_kind(doc)}")
+        self.error(doc, f"expected a rule, a list of rules or 'rules:', got {describe(doc)}")
         return []
 
     def rule(self, node: yaml.Node) -> Rule | None:
@@ -470,7 +390,7 @@ class _FileParser:
                 if not ok:
                     anode = fields["annotations"][1]
                     self.error(
-                        _child(anode, key) or anode,
+                        child(anode, key) or anode,
                         f"annotation {key!r}: unknown placeholder {{{{ {ref} }}}} "
                         "(use a field, value, tenant, rule_id, rule_name, severity, "
                         f"or labels.<one of {sorted(label_keys) or 'group_by/labels'}>)",
@@ -723,21 +643,3 @@ class _FileParser:
         if metric is None:
             for name in sorted(symbols & _BASE_FIELDS):
                 self.error(node, f"{what} uses {name!r} but the rule has no metric (only ratios)")
-
-
-def _kind(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    value = yaml.SafeLoader("").construct_document(node)
-    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
-
-
-def _child(node: yaml.Node, key: str) -> yaml.Node | None:
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            if getattr(key_node, "value", None) == key:
-                assert isinstance(value_node, yaml.Node)
-                return value_node
-    return None
