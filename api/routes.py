@@ -22,7 +22,8 @@ from api.keys import Principal
 from api.openapi import document
 from api.resources import HOUR_CACHE, HTTP, KEY_CACHE, POOL, REDIS, REPORT_CACHE, SETTINGS
 from notifier import actions
-from qesmon.contract import encode_event, parse_entry
+from qesmon.contract import parse_entry
+from qesmon.encode import encode_event
 from qesmon.errors import BadRequest, ChannelError, NotFound
 
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -15,7 +15,8 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from api.monitor import ResourceMonitor, ResourceSampler
-from qesmon.contract import encode_batch, event_dict, parse_entry
+from qesmon.contract import parse_entry
+from qesmon.encode import encode_batch, event_dict
 from qesmon.settings import Settings
 from tests.api.conftest import Ev, Keys, auth
 from tests.api.test_dashboard import _ts, expected
