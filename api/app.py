@@ -43,7 +43,8 @@ from api.resources import (
 )
 from api.routes import add_routes, dashboard_document
 from api.store import HourCache
-from qesmon.errors import ApiError
+from notifier.actions import InvalidChannelConfig
+from qesmon.errors import ApiError, ChannelError
 from qesmon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,21 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every failure to ``{"error": {"code", "message"}}``; never show a stack trace."""
+    """Map every failure to ``{"error": {"code", "message"}}``; never show a stack trace.
+
+    The one place errors become HTTP answers: an :class:`~qesmon.errors.ApiError` (an unknown
+    alert, ``notifier.store.UnknownAlert``, is a ``NotFound``) by its own status and code; a
+    ``ChannelError`` from the notifier's actions is 400, ``invalid_channel_config`` for a
+    config that configure refuses, ``invalid_channel`` for a channel a test cannot use."""
     try:
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except ChannelError as exc:
+        refused = isinstance(exc, InvalidChannelConfig)
+        return error_response(
+            400, "invalid_channel_config" if refused else "invalid_channel", str(exc)
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

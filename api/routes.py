@@ -24,7 +24,7 @@ from api.resources import HOUR_CACHE, HTTP, KEY_CACHE, POOL, REDIS, REPORT_CACHE
 from notifier import actions
 from qesmon.contract import parse_entry
 from qesmon.encode import encode_event
-from qesmon.errors import BadRequest, ChannelError, NotFound
+from qesmon.errors import BadRequest, NotFound
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 PREFIX = "/api/v1/metrics"
@@ -288,10 +288,7 @@ async def post_configure(request: web.Request) -> web.StreamResponse:
     if not isinstance(config, dict):
         raise BadRequest("config: expected a JSON object", "invalid_body")
     app = request.app
-    try:
-        result = await actions.configure_channel(app[POOL], app[SETTINGS], channel, enabled, config)
-    except ChannelError as exc:
-        raise BadRequest(str(exc), "invalid_channel_config") from None
+    result = await actions.configure_channel(app[POOL], app[SETTINGS], channel, enabled, config)
     return _json(result)
 
 
@@ -302,10 +299,7 @@ async def post_test(request: web.Request) -> web.StreamResponse:
     if channel is None:
         raise BadRequest("channel: required, e.g. ?channel=slack", "invalid_parameter")
     app = request.app
-    try:
-        result = await actions.send_test(app[POOL], app[SETTINGS], app[HTTP], channel)
-    except ChannelError as exc:
-        raise BadRequest(str(exc), "invalid_channel") from None
+    result = await actions.send_test(app[POOL], app[SETTINGS], app[HTTP], channel)
     return _json(result)
 
 
