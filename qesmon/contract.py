@@ -45,6 +45,9 @@ MAX_NAME = 200
 MAX_LABELS = 32
 MAX_LABEL_KEY = 100
 MAX_LABEL_VALUE = 1000
+#: all keys and values of one label set together, in UTF-8 bytes: with the name and the tenant,
+#: a series key must fit in one index row of the ``series`` table (2,704 bytes at most)
+MAX_LABELS_BYTES = 1024
 MAX_ID = 200  # tenant and user ids
 MAX_BATCH = 10_000
 #: events more than this far ahead of the entry's own time are refused (clock skew bound)
@@ -69,7 +72,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.-]*")
 _TRUE = frozenset(("true", "1", "yes", "True", "TRUE"))
 _FALSE = frozenset(("false", "0", "no", "False", "FALSE"))
-_TRUE_FALSE = _TRUE | _FALSE
 _EMPTY: tuple[tuple[str, str], ...] = ()
 # Names and label sets repeat endlessly; remembering the ones already validated makes the
 # parser several times faster. Bounded: cleared in place when full (never rebound: the fast
@@ -284,6 +286,11 @@ def _check_labels(obj: object) -> tuple[tuple[str, str], ...]:
                 f"labels: value of {key!r} contains a control character (NUL, U+0001-U+001F, "
                 "U+007F-U+009F) or bytes that are not UTF-8"
             )
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in obj.items())
+    if size > MAX_LABELS_BYTES:
+        raise _Invalid(
+            f"labels: {size} bytes of keys and values together, at most {MAX_LABELS_BYTES} allowed"
+        )
     return tuple(sorted(obj.items()))
 
 

@@ -39,9 +39,12 @@ def compose_all(text: str, path: Path | str) -> list[yaml.Node]:
     Raises RuleError at the line of the YAML error, with a hint for the usual mistakes.
     """
     try:
-        return list(yaml.compose_all(text, Loader=_Loader))
+        nodes = list(yaml.compose_all(text, Loader=_Loader))
     except yaml.YAMLError as exc:
         raise yaml_error(exc, text, path) from None
+    for node in nodes:
+        _check_tags(node, path)
+    return nodes
 
 
 def compose_one(text: str, path: Path | str) -> yaml.Node | None:
@@ -60,7 +63,26 @@ def compose_one(text: str, path: Path | str) -> yaml.Node | None:
         raise yaml_error(exc, text, path) from None
     except yaml.YAMLError as exc:
         raise yaml_error(exc, text, path) from None
+    _check_tags(node, path)
     return node
+
+
+def _check_tags(root: yaml.Node | None, path: Path | str) -> None:
+    """Refuse tags the safe loader cannot build (``!foo``, ``!!python/object``) at their line,
+    before anything constructs the document (which would raise without a location)."""
+    seen: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:  # an alias: already checked (and anchors may form cycles)
+            continue
+        seen.add(id(node))
+        if node.tag not in yaml.SafeLoader.yaml_constructors:
+            raise RuleError(f"YAML error: unknown tag {node.tag!r}", f"{path}:{line_of(node)}")
+        if isinstance(node, yaml.MappingNode):
+            stack += [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
 
 
 def yaml_error(exc: yaml.YAMLError, text: str, path: Path | str) -> RuleError:

@@ -97,7 +97,11 @@ def _flat_entry() -> st.SearchStrategy[dict[bytes, bytes]]:
 
 def _batched_entry() -> st.SearchStrategy[dict[bytes, bytes]]:
     json_value = st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**63 - 1)  # what JSON encoders write
+        | st.floats(allow_nan=False)
+        | st.text(),
         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
         max_leaves=6,
     )

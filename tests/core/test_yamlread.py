@@ -54,3 +54,28 @@ def test_the_reader_records_every_problem_with_its_line_and_goes_on() -> None:
         "f.yaml:1: name must be a string, got a list",
         "f.yaml:2: count must be a number, got str 'many'",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "tag"),
+    [
+        ("id: !foo x\n", 1, "'!foo'"),
+        ("a: 1\nb: [1, !!python/object:os.system x]\n", 2, "python/object:os.system"),
+        ("a: 1\nb:\n  c: !!binary aGk=\n", 3, None),  # a standard tag the safe loader builds
+    ],
+)
+def test_unknown_tags_are_yaml_errors_at_their_line_not_exceptions(
+    text: str, line: int, tag: str | None
+) -> None:
+    if tag is None:
+        compose_all(text, "f.yaml")
+        compose_one(text, "f.yaml")
+        return
+    for compose in (compose_all, compose_one):
+        with pytest.raises(RuleError, match=rf"^f\.yaml:{line}: YAML error: unknown tag .*{tag}"):
+            compose(text, "f.yaml")
+
+
+def test_self_referencing_anchors_are_read_without_looping() -> None:
+    (doc,) = compose_all("a: &x [1, *x]\n", "f.yaml")
+    assert doc is not None
