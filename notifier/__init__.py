@@ -3,8 +3,9 @@
 Data path: ``qes:alerts`` stream (:class:`qesmon.alerts.AlertTransition`) -> :mod:`.service`
 (consumer group, dedupe on the transition key) -> :mod:`.store` (one transaction: loads the
 alert and its episode, asks :mod:`.decide` for a plan -- outbox rows, escalation/repeat
-timers, the episode update -- and writes it) -> :mod:`.delivery` (per-channel workers,
-grouping, retry with backoff) -> :mod:`.channels` (the wire formats) -> ``deliveries``.
+timers, the episode update -- and writes it) -> :mod:`.delivery` (per-channel workers that
+lease the rows through :mod:`.outbox`, grouping, retry with backoff) -> :mod:`.channels`
+(the wire formats) -> ``deliveries`` (written by :mod:`.outbox`).
 
 Pure logic lives in :mod:`.decide` (every notification decision), :mod:`.routing`,
 :mod:`.escalation`, :mod:`.policy` and :mod:`.templating`;

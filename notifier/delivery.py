@@ -1,6 +1,6 @@
 """Sending leased outbox rows: one worker per channel, groups in one message, retry policy.
 
-A worker leases the due rows of its channel (:func:`notifier.store.claim`), turns each group
+A worker leases the due rows of its channel (:func:`notifier.outbox.claim`), turns each group
 into one :class:`~notifier.channels.Message` (PagerDuty: one per alert), sends groups
 concurrently except that two messages about the same alert go out in order, and records the
 attempt. Retry policy: exponential backoff ``base * 2**(attempt-1)`` capped at ``max``, with
@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from notifier.channels import Channel, Message, SendEnv
+from notifier.outbox import Attempt, OutboxRow
 from notifier.secrets import scrub, secret_values
-from notifier.store import Attempt, OutboxRow
 from qesmon.errors import ChannelError, DeliveryError
 
 log = logging.getLogger(__name__)

@@ -55,18 +55,18 @@ import redis.asyncio
 import redis.exceptions
 from psycopg_pool import AsyncConnectionPool
 
-from notifier import store
+from notifier import outbox, store
 from notifier.channels import REGISTRY, Channel, SendEnv
 from notifier.clock import Clock, SystemClock
 from notifier.configs import ChannelConfig, enabled, env_configs, load_configs
 from notifier.decide import Outcome, Plan
 from notifier.delivery import RetryPolicy, send_rows
+from notifier.outbox import Attempt, OutboxRow
 from notifier.policy import PolicyStore
-from notifier.store import Attempt, OutboxRow
 from notifier.templating import TEMPLATES_DIR, Renderer
 from qesmon import deadletter
 from qesmon.alerts import AlertTransition
-from qesmon.db import is_refusal
+from qesmon.db import describe, is_refusal
 from qesmon.errors import ConfigError, ContractError
 from qesmon.settings import Settings
 
@@ -374,7 +374,7 @@ class Notifier:
                     raise
                 if is_refusal(exc):
                     self.counters["refused"] += 1
-                    reason = f"the database refused it: {store.describe(exc)}"
+                    reason = f"the database refused it: {describe(exc)}"
                     await self._dead_letter(entry_id, raw[entry_id], reason, kind="refused")
                     continue
                 deliveries = await self._deliveries(entry_id)
@@ -464,7 +464,7 @@ class Notifier:
             channel = self.channels.get(name)
             if channel is None:
                 return False
-            rows = await store.claim(
+            rows = await outbox.claim(
                 self.pool, name, worker=self.consumer, now=self.clock.now(), lease=self._lease()
             )
             if not rows:
@@ -481,7 +481,7 @@ class Notifier:
 
     def _recorder(self, name: str) -> Callable[[list[OutboxRow], Attempt], Awaitable[None]]:
         async def record(rows: list[OutboxRow], attempt: Attempt) -> None:
-            refused = await store.complete(self.pool, name, rows, attempt, now=self.clock.now())
+            refused = await outbox.complete(self.pool, name, rows, attempt, now=self.clock.now())
             if refused is not None:
                 self.counters["record_refused"] += len(rows)
             counter = {

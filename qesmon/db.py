@@ -36,3 +36,12 @@ def is_refusal(exc: BaseException) -> bool:
         return False
     state = exc.sqlstate
     return state is not None and state[:2] in REFUSAL_CLASSES
+
+
+def describe(exc: BaseException) -> str:
+    """The database's message for ``exc`` with its SQLSTATE, on one line."""
+    state = getattr(exc, "sqlstate", None)
+    diag = getattr(exc, "diag", None)
+    text = (getattr(diag, "message_primary", None) if diag is not None else None) or str(exc)
+    text = " ".join(text.split())
+    return f"{text} (SQLSTATE {state})" if state else f"{type(exc).__name__}: {text}"

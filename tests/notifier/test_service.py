@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio
 from psycopg_pool import AsyncConnectionPool
 
-from notifier import actions, store
+from notifier import actions, outbox, store
 from notifier.clock import FakeClock, SystemClock
 from notifier.service import Notifier
 from qesmon.alerts import AlertState
@@ -43,7 +43,7 @@ class Polls:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.begun: Counter[str] = Counter()
-        claim, fire_due_timers = store.claim, store.fire_due_timers
+        claim, fire_due_timers = outbox.claim, store.fire_due_timers
 
         async def counting_claim(pool: Any, channel: str, **kwargs: Any) -> Any:
             self.begun[channel] += 1
@@ -53,7 +53,7 @@ class Polls:
             self.begun["timers"] += 1
             return await fire_due_timers(conn, **kwargs)
 
-        monkeypatch.setattr(store, "claim", counting_claim)
+        monkeypatch.setattr(outbox, "claim", counting_claim)
         monkeypatch.setattr(store, "fire_due_timers", counting_fire)
 
     async def looked_again(self, *loops: str) -> None:
