@@ -6,6 +6,7 @@
 * :mod:`rules.expr` -- conditions, the only module that touches ``rule-engine``;
 * :mod:`rules.fields` -- the fields a condition reads (error_rate, p95, ratios, ...);
 * :mod:`rules.engine` -- the alert state machine over closed windows, snapshot/restore;
+* :mod:`rules.annotations` -- the annotation text of a transition, placeholders filled in;
 * :mod:`rules.store` -- transitions to the ``qes:alerts`` stream and the ``alerts`` tables;
 * :mod:`rules.check` -- ``qesmon rules check``.
 

@@ -54,9 +54,10 @@ from qesmon.alerts import MAX_ANNOTATION_VALUE, AlertState, AlertTransition, Sev
 from qesmon.errors import ContractError
 from qesmon.series import Series, WindowResult
 from qesmon.sketch import Agg
+from rules.annotations import render
 from rules.expr import EvaluationFailed
 from rules.fields import Sums, compute
-from rules.model import META_PLACEHOLDERS, PLACEHOLDER, Rule, RuleSet
+from rules.model import Rule, RuleSet
 
 SNAPSHOT_VERSION = 1
 #: at most this many error lines are kept between two drain_errors() calls
@@ -457,7 +458,7 @@ class Evaluator:
         annotations = {
             # cut to what the alerts stream accepts, so the transition (and the snapshot that
             # may hold it) always reads back
-            key: _cut(self._render(text, rule, alert, labels, values, parts, width))
+            key: _cut(render(text, rule, alert, labels, values, parts, width))
             for key, text in rule.annotations.items()
         }
         if reason is not None:
@@ -480,45 +481,6 @@ class Evaluator:
             repeat_interval=rule.repeat_interval,
             template=rule.template,
         )
-
-    def _render(
-        self,
-        text: str,
-        rule: Rule,
-        alert: _Alert,
-        labels: dict[str, str],
-        values: dict[str, object] | None,
-        parts: dict[int, Agg | Sums],
-        width: int,
-    ) -> str:
-        if "{{" not in text:
-            return text
-        wanted = {m.group(1) for m in PLACEHOLDER.finditer(text)}
-        fields: dict[str, object] = {}
-        if values is not None:
-            names = {w for w in wanted if "." not in w and w not in META_PLACEHOLDERS} - set(values)
-            main = parts.get(0) if rule.metric is not None else None
-            fields = {
-                **values,
-                **compute(names, width, main, parts, rule, alert.tenant, alert.labels),
-            }
-        meta = {
-            "value": alert.value if values is None else values.get(rule.value_field),
-            "tenant": alert.tenant,
-            "rule_id": rule.id,
-            "rule_name": rule.name,
-            "severity": rule.severity.value,
-            "threshold": rule.threshold,
-        }
-
-        def one(match: object) -> str:
-            ref = match.group(1)  # type: ignore[attr-defined]
-            if ref.startswith("labels."):
-                return labels.get(ref[7:], "")
-            value = meta[ref] if ref in meta else fields.get(ref)
-            return _fmt(value)
-
-        return PLACEHOLDER.sub(one, text)
 
     def _error(self, message: str) -> None:
         if len(self._errors) < MAX_ERRORS:
@@ -594,13 +556,3 @@ def _group_text(group: _GroupKey) -> str:
 
 def _ts(seconds: float) -> str:
     return f"{seconds:.0f}" if seconds == int(seconds) else f"{seconds:.3f}"
-
-
-def _fmt(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if value == int(value) and abs(value) < 1e15:
-            return str(int(value))
-        return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
-    return str(value)
