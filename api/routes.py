@@ -7,7 +7,6 @@ documents exactly these (a test checks both ways).
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -204,8 +203,7 @@ async def post_record(request: web.Request) -> web.StreamResponse:
     _, rejected = parse_entry(f"{int(time.time() * 1000)}-0", fields)
     if rejected:
         raise BadRequest(rejected[0].error, "invalid_event")
-    streams = request.app[SETTINGS].streams.metrics
-    stream = streams[zlib.crc32((tenant or "").encode()) % len(streams)]
+    stream = request.app[SETTINGS].streams.shard_for(tenant)
     entry_id = await request.app[REDIS].xadd(stream, fields)  # type: ignore[arg-type]
     return _json(
         {

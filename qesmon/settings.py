@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,19 @@ class StreamKeys:
         if self.shards == 1:
             return [f"{self.prefix}:metrics"]
         return [f"{self.prefix}:metrics:{i}" for i in range(self.shards)]
+
+    @staticmethod
+    def shard_index(tenant: str | None, shards: int) -> int:
+        """Which of ``shards`` metric streams holds ``tenant``'s events (no tenant: ``""``).
+
+        A stable hash of the tenant id, so a tenant's events stay in one stream and in order;
+        the SDK's collector and the API's ``/record`` must agree on it.
+        """
+        return zlib.crc32((tenant or "").encode()) % shards
+
+    def shard_for(self, tenant: str | None) -> str:
+        """The metric stream for ``tenant``'s events (see :meth:`shard_index`)."""
+        return self.metrics[self.shard_index(tenant, self.shards)]
 
     @property
     def backfill(self) -> str:

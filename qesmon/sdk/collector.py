@@ -38,7 +38,6 @@ import logging
 import threading
 import time
 import uuid
-import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -467,7 +466,7 @@ class MetricsCollector:
         tenant: str = event.get("tenant", "")
         shard = self._shard_cache.get(tenant)
         if shard is None:
-            shard = zlib.crc32(tenant.encode()) % len(self._streams)
+            shard = StreamKeys.shard_index(tenant, len(self._streams))
             if len(self._shard_cache) >= 100_000:
                 self._shard_cache.clear()
             self._shard_cache[tenant] = shard

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 from qesmon.errors import ConfigError
@@ -58,3 +60,10 @@ def test_env_references_stay_visible_when_masked() -> None:
     assert mask_secret("${SLACK_TOKEN}") == "${SLACK_TOKEN}"
     assert mask_secret("short") == "***"
     assert mask_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
+
+
+def test_one_shard_formula_for_the_sdk_and_the_api() -> None:
+    keys = StreamKeys("qes", 4)
+    assert keys.shard_for("t-7") == keys.metrics[zlib.crc32(b"t-7") % 4]
+    assert keys.shard_for(None) == keys.shard_for("") == keys.metrics[zlib.crc32(b"") % 4]
+    assert StreamKeys("qes", 1).shard_for("t-7") == "qes:metrics"
