@@ -8,7 +8,7 @@ them. This module assembles them and imports the rest of the package; nothing in
 this module back::
 
     app = create_app(settings)              # nothing connects until the app starts
-    web.run_app(app, port=settings.api_port)
+    web.run_app(app, port=settings.api.port)
 
 :func:`main` (``qesmon api``) serves the API on ``API_PORT`` and the Prometheus exporter on
 ``PROMETHEUS_METRICS_PORT`` in the same process and stops cleanly on SIGTERM/SIGINT.
@@ -126,13 +126,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def create_app(settings: Settings, *, monitor: bool | None = None) -> web.Application:
-    """Build the API application; ``monitor`` overrides ``settings.resource_monitor``."""
+    """Build the API application; ``monitor`` overrides ``settings.api.resource_monitor``."""
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
-    app[HOUR_CACHE] = HourCache(settle_seconds=settings.allowed_lateness + 120.0)
+    app[HOUR_CACHE] = HourCache(settle_seconds=settings.pipeline.allowed_lateness + 120.0)
     app[KEY_CACHE] = KeyCache()
     app.cleanup_ctx.extend([pool_ctx, redis_ctx, http_ctx, reports_ctx, exporter_ctx])
-    if settings.resource_monitor if monitor is None else monitor:
+    if settings.api.resource_monitor if monitor is None else monitor:
         app.cleanup_ctx.append(monitor_ctx)
     app.cleanup_ctx.append(live_ctx)
     app.on_shutdown.append(live_shutdown)
@@ -149,14 +149,14 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     exporter = web.AppRunner(create_exporter_app(app), access_log=None)
     await exporter.setup()
     try:
-        await web.TCPSite(runner, settings.api_host, settings.api_port).start()
-        await web.TCPSite(exporter, settings.api_host, settings.prometheus_metrics_port).start()
+        await web.TCPSite(runner, settings.api.host, settings.api.port).start()
+        await web.TCPSite(exporter, settings.api.host, settings.api.metrics_port).start()
         log.info(
             "API on http://%s:%d/api/v1/, exporter on http://%s:%d/metrics",
-            settings.api_host,
-            settings.api_port,
-            settings.api_host,
-            settings.prometheus_metrics_port,
+            settings.api.host,
+            settings.api.port,
+            settings.api.host,
+            settings.api.metrics_port,
         )
         warm = asyncio.create_task(_warm(app), name="warm-up")
         await stop.wait()

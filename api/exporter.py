@@ -227,7 +227,7 @@ class Exporter:
         newest = latest.get(HOUR)
         if newest is None:
             return None
-        settled = store.floor_to(now - self.settings.allowed_lateness - 120, HOUR)
+        settled = store.floor_to(now - self.settings.pipeline.allowed_lateness - 120, HOUR)
         return min(newest + HOUR, settled)
 
     async def _advance_closed(self, conn: Conn, boundary: float | None) -> None:

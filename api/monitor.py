@@ -87,12 +87,12 @@ class ResourceSampler:
 
 
 class ResourceMonitor:
-    """Samples every ``settings.resource_monitoring_interval`` seconds until cancelled."""
+    """Samples every ``settings.api.resource_monitoring_interval`` seconds until cancelled."""
 
     def __init__(
         self, settings: Settings, client: aioredis.Redis, sampler: ResourceSampler | None = None
     ) -> None:
-        self.interval = settings.resource_monitoring_interval
+        self.interval = settings.api.resource_monitoring_interval
         self.sampler = sampler or ResourceSampler()
         self.collector = MetricsCollector(client, streams=settings.streams)
         self.samples = 0

@@ -98,7 +98,7 @@ async def dashboard_document(app: web.Application, tenant: str | None, days: int
             tenant=tenant,
             days=days,
             now=time.time(),
-            slow_threshold=app[SETTINGS].slow_request_threshold,
+            slow_threshold=app[SETTINGS].api.slow_request_threshold,
         ),
     )
 
@@ -134,7 +134,7 @@ async def get_performance(request: web.Request) -> web.StreamResponse:
             tenant=tenant,
             hours=hours,
             now=time.time(),
-            slow_threshold=app[SETTINGS].slow_request_threshold,
+            slow_threshold=app[SETTINGS].api.slow_request_threshold,
         ),
     )
     return _document(report)

@@ -194,8 +194,8 @@ async def computation(
     business-intelligence report only ``with_bi`` (its first computation fills 30 days of
     merged hours: a minute or two)."""
     settings = Settings.from_env({**os.environ, "DATABASE_URL": url})
-    hours = HourCache(settle_seconds=settings.allowed_lateness + 120.0)
-    slow = settings.slow_request_threshold
+    hours = HourCache(settle_seconds=settings.pipeline.allowed_lateness + 120.0)
+    slow = settings.api.slow_request_threshold
     builders = {
         "dashboard 7d": lambda conn: dashboard.build(
             conn, hours, tenant=None, days=7, now=time.time(), slow_threshold=slow

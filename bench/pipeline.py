@@ -156,8 +156,8 @@ def live_phase(settings: Settings, rate: int, seconds: float) -> list[float]:
     """Events stamped now at ``rate``/s; returns the close delay of each 10 s window."""
     client = redis.Redis.from_url(settings.redis_url)
     stream = settings.streams.metrics[0]
-    stats = CloseStats(settings.watermark_wait)
-    stop_ms = int((time.time() + seconds + 10 + settings.watermark_wait + 2) * 1000)
+    stats = CloseStats(settings.pipeline.watermark_wait)
+    stop_ms = int((time.time() + seconds + 10 + settings.pipeline.watermark_wait + 2) * 1000)
 
     def produce() -> None:
         started = time.time()

@@ -54,7 +54,7 @@ def env_configs(settings: Settings) -> dict[str, ChannelConfig]:
     """Configs given by environment variables; ConfigError when one is malformed."""
     out = {}
     for name, cls in REGISTRY.items():
-        raw = cls.from_settings(settings)
+        raw = cls.from_settings(settings.channels)
         if raw is None:
             continue
         try:

@@ -10,13 +10,13 @@ reading, lets in-flight sends finish (10 s at most) and exits 0.
 
 No entry can stop the notifier or hold back the others. Entries are parked, with the reason
 and their original bytes (:mod:`qesmon.deadletter`), in ``<prefix>:alerts:dead`` (trimmed
-to about ``dead_maxlen`` letters of at most 8 KiB each, so about 80 MB at worst) and then
-acknowledged: ``kind=invalid`` for one that does not parse
+to about ``ALERTS_DEAD_LETTER_MAXLEN`` (10,000) letters of at most 8 KiB each, so about 80 MB
+at worst) and then acknowledged: ``kind=invalid`` for one that does not parse
 (:meth:`~qesmon.alerts.AlertTransition.from_fields`); ``kind=refused`` for one the database
 refuses (a data error, SQLSTATE class 22, 23 or 54: the read is redone one entry per
 transaction and the rest goes through); ``kind=failed`` for one that failed for any other
-reason ``max_deliveries`` times (the consumer group's delivery count), instead of being
-re-read forever.
+reason ``NOTIFIER_MAX_DELIVERIES`` (5) times (the consumer group's delivery count), instead
+of being re-read forever.
 
 Health: the Redis hash ``qes:health:notifier`` holds ``heartbeat`` (Unix time of the newest
 beat of any notifier process), ``heartbeat:<consumer>``, ``outbox_pending`` and counters
@@ -100,8 +100,6 @@ class Notifier:
         poll_interval: float = 0.25,
         health_interval: float = 2.0,
         db_timeout: float = 10.0,
-        max_deliveries: int = 5,
-        dead_maxlen: int = 10_000,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -110,12 +108,10 @@ class Notifier:
         self.poll_interval = poll_interval
         self.health_interval = health_interval
         self.db_timeout = db_timeout
-        self.max_deliveries = max_deliveries
-        self.dead_maxlen = dead_maxlen
         self.retry = RetryPolicy(
-            settings.notifier_retry_base,
-            settings.notifier_retry_max,
-            settings.notifier_delivery_deadline,
+            settings.notifier.retry_base,
+            settings.notifier.retry_max,
+            settings.notifier.delivery_deadline,
         )
         self.renderer = Renderer(template_dirs(settings))
         self.policy = PolicyStore(settings.rules_dir, frozenset(REGISTRY))
@@ -275,9 +271,9 @@ class Notifier:
             entries = _entries(reply)
             if not entries:
                 self._own_pending = False
-        elif now - self._last_claim >= min(self.settings.notifier_claim_idle, 5.0):
+        elif now - self._last_claim >= min(self.settings.notifier.claim_idle, 5.0):
             self._last_claim = now
-            idle_ms = int(self.settings.notifier_claim_idle * 1000)
+            idle_ms = int(self.settings.notifier.claim_idle * 1000)
             claimed: Any = await self.redis.xautoclaim(
                 stream, GROUP, self.consumer, idle_ms, start_id="0-0", count=100
             )
@@ -349,7 +345,7 @@ class Notifier:
                         policy=self.policy.current,
                         available=self.available,
                         now=self.clock.now(),
-                        time_scale=self.settings.notifier_time_scale,
+                        time_scale=self.settings.notifier.time_scale,
                     )
                 )
         return plans
@@ -362,8 +358,8 @@ class Notifier:
         One the database refuses (a data error) is parked as ``refused`` with the database's
         message. One that fails otherwise stays pending and is tried again after a backoff
         (re-raising its error to :meth:`_loop`); once the consumer group has delivered it
-        ``max_deliveries`` times it is parked as ``failed``. An outage stops the pass: what
-        is committed is acknowledged, the rest stays pending."""
+        ``NOTIFIER_MAX_DELIVERIES`` times it is parked as ``failed``. An outage stops the pass:
+        what is committed is acknowledged, the rest stays pending."""
         stream = self.settings.streams.alerts
         failure: Exception | None = None
         for entry_id, transition in good:
@@ -378,7 +374,7 @@ class Notifier:
                     await self._dead_letter(entry_id, raw[entry_id], reason, kind="refused")
                     continue
                 deliveries = await self._deliveries(entry_id)
-                if deliveries >= self.max_deliveries:
+                if deliveries >= self.settings.notifier.max_deliveries:
                     self.counters["unprocessable"] += 1
                     reason = f"failed {deliveries} times, last: {type(exc).__name__}: {exc}"
                     await self._dead_letter(entry_id, raw[entry_id], reason, kind="failed")
@@ -387,7 +383,7 @@ class Notifier:
                     "alert entry %s failed (delivery %d of at most %d): %s: %s",
                     entry_id,
                     deliveries,
-                    self.max_deliveries,
+                    self.settings.notifier.max_deliveries,
                     type(exc).__name__,
                     str(exc).strip()[:200],
                 )
@@ -418,7 +414,7 @@ class Notifier:
         await self.redis.xadd(
             dead_key,
             dead,  # type: ignore[arg-type]
-            maxlen=self.dead_maxlen,
+            maxlen=self.settings.notifier.dead_letter_maxlen,
             approximate=True,
         )
         await self.redis.xack(self.settings.streams.alerts, GROUP, entry_id)
@@ -451,7 +447,7 @@ class Notifier:
                 conn,
                 now=self.clock.now(),
                 available=self.available,
-                time_scale=self.settings.notifier_time_scale,
+                time_scale=self.settings.notifier.time_scale,
             )
         for plan in plans:
             self._account(plan)
@@ -477,7 +473,7 @@ class Notifier:
         return step
 
     def _lease(self) -> float:
-        return max(self.settings.notifier_claim_idle, 15.0)
+        return max(self.settings.notifier.claim_idle, 15.0)
 
     def _recorder(self, name: str) -> Callable[[list[OutboxRow], Attempt], Awaitable[None]]:
         async def record(rows: list[OutboxRow], attempt: Attempt) -> None:

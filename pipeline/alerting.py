@@ -45,7 +45,9 @@ class RulesLogic(StatefulLogic[RulesInput, list[AlertTransition], bytes]):
         if resume is not None:
             state, self.watermarks = pickle.loads(resume)
         self.evaluator = Evaluator(
-            self.watcher.rules, state, max_groups_per_rule=settings.max_alert_groups_per_rule
+            self.watcher.rules,
+            state,
+            max_groups_per_rule=settings.pipeline.max_alert_groups_per_rule,
         )
         self._limited = 0
         self._publish_status()

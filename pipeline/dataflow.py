@@ -83,18 +83,21 @@ class WindowLogic(StatefulLogic[ReadBatch, WindowOutput, bytes]):
     ) -> None:
         self.stats = stats
         self.inflight = inflight
-        self.max_entry_bytes = settings.max_entry_bytes
+        self.max_entry_bytes = settings.pipeline.max_entry_bytes
         self.live = LivePublisher(settings.redis_url, settings.key_prefix)
         if resume is not None:
             self.windows: ShardWindows = pickle.loads(resume)
         else:
-            widths = [w for w in ROLLUP_WIDTHS if w > settings.window_seconds]
+            widths = [w for w in ROLLUP_WIDTHS if w > settings.pipeline.window_seconds]
             self.windows = ShardWindows(
-                settings.window_seconds, widths, settings.watermark_wait, settings.allowed_lateness
+                settings.pipeline.window_seconds,
+                widths,
+                settings.pipeline.watermark_wait,
+                settings.pipeline.allowed_lateness,
             )
         # the limits are settings, not state: a restart with new values applies them
-        self.windows.max_series_per_tenant = settings.max_series_per_tenant
-        self.windows.max_series = settings.max_series
+        self.windows.max_series_per_tenant = settings.pipeline.max_series_per_tenant
+        self.windows.max_series = settings.pipeline.max_series
 
     def on_item(self, batch: ReadBatch) -> tuple[list[WindowOutput], bool]:
         # Parsing here rather than in a map step of its own: Bytewax runs a map far ahead of
@@ -187,16 +190,16 @@ def build_flow(
     dead_sink = DeadLetterSink(
         settings.redis_url,
         settings.streams.dead,
-        maxlen=settings.dead_letter_maxlen,
-        max_bytes=settings.dead_letter_max_bytes,
+        maxlen=settings.pipeline.dead_letter_maxlen,
+        max_bytes=settings.pipeline.dead_letter_max_bytes,
     )
     op.output(
         "write_rollups",
         results,
         RollupSink(
             settings.database_url,
-            settings.watermark_wait,
-            settings.window_seconds,
+            settings.pipeline.watermark_wait,
+            settings.pipeline.window_seconds,
             stats,
             dead=dead_sink,
         ),

@@ -91,7 +91,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main(settings: Settings, args: argparse.Namespace) -> int:
-    recovery_dir: Path = args.recovery_dir or settings.recovery_dir
+    recovery_dir: Path = args.recovery_dir or settings.pipeline.recovery_dir
     workers = max(1, args.workers_per_process)
     if args.processes > 1 and args.process_id is None:
         return _run_local_cluster(args.processes, workers, recovery_dir)
@@ -103,9 +103,9 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     tune_memory()
     signal.signal(signal.SIGTERM, _stop_gracefully)
     signal.signal(signal.SIGINT, _stop_gracefully)
-    trim_after = settings.stream_trim_after
+    trim_after = settings.pipeline.stream_trim_after
     if trim_after is None:
-        trim_after = 3 * settings.snapshot_interval + 30.0
+        trim_after = 3 * settings.pipeline.snapshot_interval + 30.0
     flow = build_flow(
         settings,
         stats=stats,
@@ -123,7 +123,7 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
             workers_per_process=workers,
             process_id=args.process_id,
             addresses=addresses,
-            epoch_interval=timedelta(seconds=settings.snapshot_interval),
+            epoch_interval=timedelta(seconds=settings.pipeline.snapshot_interval),
             recovery_config=recovery,
         )
     finally:

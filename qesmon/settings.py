@@ -1,11 +1,21 @@
 """The one configuration object of qes-monitoring, read from the environment once.
 
 Only ``main()`` functions call :meth:`Settings.from_env`; everything else receives a
-``Settings`` explicitly, so tests build their own with :meth:`Settings.for_tests` or
-``dataclasses.replace``::
+``Settings`` (or the group it needs) explicitly, so tests build their own with
+``Settings(...)`` and ``dataclasses.replace``::
 
     settings = Settings.from_env(os.environ)
     log.info("configuration: %s", settings.describe())   # secrets masked
+    settings.pipeline.window_seconds, settings.api.port, settings.notifier.max_deliveries
+
+A few cross-cutting settings sit at the top (where the servers are, the rules, the Redis key
+prefix and shards, the log level); the rest is grouped by who reads it: :class:`ApiSettings`,
+:class:`PipelineSettings`, :class:`NotifierSettings`, :class:`ChannelSettings`. Each field
+declares its environment variable, parser, check and mask once, next to it, with
+:func:`setting`; reading (:meth:`~Settings.from_env`), checking (:meth:`~Settings.validate`)
+and the start-up log (:meth:`~Settings.describe`) are derived from those declarations::
+
+    snapshot_interval: int = setting("SNAPSHOT_INTERVAL_SECONDS", 5, int, check=at_least(1))
 """
 
 from __future__ import annotations
@@ -13,15 +23,19 @@ from __future__ import annotations
 import dataclasses
 import re
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from qesmon.errors import ConfigError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 T = TypeVar("T")
+G = TypeVar("G", bound="DataclassInstance")
 
 _SECRET_WORDS = ("password", "secret", "token", "webhook", "routing_key", "api_key", "auth")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -91,160 +105,92 @@ class StreamKeys:
         return ":".join((self.prefix, *parts))
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Effective configuration; every field maps to one environment variable (see ``ENV``)."""
+# -- declaring a setting -------------------------------------------------------------------
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/qesmon"
-    rules_dir: Path = Path("rules")
-    key_prefix: str = "qes"
-    stream_shards: int = 1
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
-    prometheus_metrics_port: int = 8001
-    window_seconds: int = 10
-    watermark_wait: float = 2.0
-    allowed_lateness: float = 30.0
-    recovery_dir: Path = Path("var/recovery")
-    snapshot_interval: int = 5
-    #: consumed stream entries are trimmed once a snapshot this old covers them
-    #: (None: 3 snapshot intervals + 30 s)
-    stream_trim_after: float | None = None
-    # bounds against hostile or broken producers (issue 13); see README "Limits"
-    #: a stream entry larger than this (UTF-8 bytes) is a dead letter, not parsed
-    max_entry_bytes: int = 4 * 2**20
-    #: one dead letter holds at most this many bytes (original fields cut to an excerpt)
-    dead_letter_max_bytes: int = 8192
-    #: the dead-letter stream keeps about this many entries (oldest dropped)
-    dead_letter_maxlen: int = 50_000
-    #: active series (with a window still open, up to an hour) per tenant and shard
-    max_series_per_tenant: int = 10_000
-    #: active series per shard, all tenants together
-    max_series: int = 100_000
-    #: alert groups (one alert each) a rule may keep at once
-    max_alert_groups_per_rule: int = 1_000
-    slow_request_threshold: float = 1.0
-    resource_monitoring_interval: float = 30.0
-    resource_monitor: bool = True
-    slack_webhook_url: str | None = None
-    email_smtp_host: str | None = None
-    email_smtp_port: int = 587
-    email_smtp_user: str | None = None
-    email_smtp_password: str | None = None
-    email_from: str | None = None
-    email_to: str | None = None
-    # notifier (issue 5): channel endpoints and delivery tuning
-    discord_webhook_url: str | None = None
-    webhook_url: str | None = None
-    twilio_account_sid: str | None = None
-    twilio_auth_token: str | None = None
-    twilio_from: str | None = None
-    twilio_api_url: str = "https://api.twilio.com"
-    sms_to: str | None = None
-    pagerduty_routing_key: str | None = None
-    pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"
-    alertmanager_url: str | None = None
-    notifier_time_scale: float = 1.0
-    notifier_retry_base: float = 1.0
-    notifier_retry_max: float = 300.0
-    notifier_delivery_deadline: float = 86400.0
-    notifier_claim_idle: float = 30.0
-    log_level: str = "INFO"
-    extra: Mapping[str, str] = field(default_factory=dict)
+#: A check of a value, given the group that holds it (for checks against a sibling): the
+#: problem ("must be >= 1"; the variable's name is put in front) or None when the value is fine.
+Check: TypeAlias = Callable[[T, Any], str | None]
 
-    @property
-    def streams(self) -> StreamKeys:
-        return StreamKeys(self.key_prefix, self.stream_shards)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Build and validate settings from environment variables; raise ConfigError."""
-        values: dict[str, Any] = {}
-        for name, (var, parse) in ENV.items():
-            raw = env.get(var)
-            if raw is None or raw == "":
-                continue
-            try:
-                values[name] = parse(raw)
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from None
-        values["extra"] = {k: v for k, v in env.items() if k.startswith("QESMON_")}
-        settings = cls(**values)
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        """Check ranges and formats; raise ConfigError naming the variable."""
-        for scheme_var, url, schemes in (
-            ("REDIS_URL", self.redis_url, ("redis", "rediss", "unix")),
-            ("DATABASE_URL", self.database_url, ("postgresql", "postgres")),
-        ):
-            if urlsplit(url).scheme not in schemes:
-                raise ConfigError(f"{scheme_var} must start with one of {schemes}, got {url!r}")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,50}", self.key_prefix):
-            raise ConfigError(
-                f"QESMON_KEY_PREFIX {self.key_prefix!r} must be 1-50 of [A-Za-z0-9_.-]"
-            )
-        checks: list[tuple[str, bool]] = [
-            ("STREAM_SHARDS must be between 1 and 1024", 1 <= self.stream_shards <= 1024),
-            ("API_PORT must be a TCP port", 0 <= self.api_port < 65536),
-            (
-                "PROMETHEUS_METRICS_PORT must be a TCP port",
-                0 <= self.prometheus_metrics_port < 65536,
-            ),
-            (
-                "WINDOW_SECONDS must divide 60 (1, 2, 5, 10, 15, 20, 30, 60)",
-                self.window_seconds > 0 and 60 % self.window_seconds == 0,
-            ),
-            ("WATERMARK_WAIT_SECONDS must be >= 0", self.watermark_wait >= 0),
-            ("ALLOWED_LATENESS_SECONDS must be >= 0", self.allowed_lateness >= 0),
-            ("SNAPSHOT_INTERVAL_SECONDS must be >= 1", self.snapshot_interval >= 1),
-            ("MAX_ENTRY_BYTES must be >= 65536", self.max_entry_bytes >= 65536),
-            ("DEAD_LETTER_MAX_BYTES must be >= 2048", self.dead_letter_max_bytes >= 2048),
-            ("DEAD_LETTER_MAXLEN must be >= 100", self.dead_letter_maxlen >= 100),
-            ("MAX_SERIES_PER_TENANT must be >= 1", self.max_series_per_tenant >= 1),
-            (
-                "MAX_SERIES must be >= MAX_SERIES_PER_TENANT",
-                self.max_series >= self.max_series_per_tenant,
-            ),
-            ("MAX_ALERT_GROUPS_PER_RULE must be >= 1", self.max_alert_groups_per_rule >= 1),
-            ("SLOW_REQUEST_THRESHOLD must be > 0", self.slow_request_threshold > 0),
-            ("RESOURCE_MONITORING_INTERVAL must be > 0", self.resource_monitoring_interval > 0),
-            ("NOTIFIER_TIME_SCALE must be > 0", self.notifier_time_scale > 0),
-            ("NOTIFIER_RETRY_BASE_SECONDS must be > 0", self.notifier_retry_base > 0),
-            (
-                "NOTIFIER_RETRY_MAX_SECONDS must be >= NOTIFIER_RETRY_BASE_SECONDS",
-                self.notifier_retry_max >= self.notifier_retry_base,
-            ),
-            ("NOTIFIER_DELIVERY_DEADLINE_SECONDS must be > 0", self.notifier_delivery_deadline > 0),
-            ("NOTIFIER_CLAIM_IDLE_SECONDS must be > 0", self.notifier_claim_idle > 0),
-        ]
-        for message, ok in checks:
-            if not ok:
-                raise ConfigError(message)
-
-    def describe(self) -> dict[str, Any]:
-        """The effective configuration with every secret masked, for the start-up log."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("redis_url", "database_url"):
-                value = mask_url(value)
-            elif isinstance(value, str) and any(w in f.name for w in _SECRET_WORDS):
-                value = mask_secret(value)
-            elif f.name == "extra":
-                value = {
-                    k: mask_secret(v) if any(w in k.lower() for w in _SECRET_WORDS) else v
-                    for k, v in value.items()
-                }
-            elif isinstance(value, Path):
-                value = str(value)
-            out[f.name] = value
-        return out
+_VAR = "qesmon.setting"
+_GROUP = "qesmon.group"
 
 
-def _bool(raw: str) -> bool:
+@dataclass(frozen=True, slots=True)
+class Var(Generic[T]):
+    """How one setting is read, checked and logged: everything declared next to its field."""
+
+    name: str
+    parse: Callable[[str], T]
+    check: Check[T] | None = None
+    mask: Callable[[T], T] | None = None
+
+
+def setting(
+    var: str,
+    default: T,
+    parse: Callable[[str], T],
+    *,
+    check: Check[T] | None = None,
+    mask: Callable[[T], T] | None = None,
+) -> T:
+    """A settings field read from environment variable ``var`` with ``parse`` (an empty
+    value means the default), checked by ``check``, shown through ``mask`` in the log."""
+    return field(default=default, metadata={_VAR: Var(var, parse, check, mask)})
+
+
+def group(cls: type[G]) -> G:
+    """A settings field that holds a group of settings (a frozen dataclass of ``setting``)."""
+    return field(default_factory=cls, metadata={_GROUP: cls})
+
+
+def at_least(low: float) -> Check[float]:
+    return lambda value, _: None if value >= low else f"must be >= {low}"
+
+
+def above(low: float) -> Check[float]:
+    return lambda value, _: None if value > low else f"must be > {low}"
+
+
+def between(low: int, high: int) -> Check[int]:
+    return lambda value, _: None if low <= value <= high else f"must be between {low} and {high}"
+
+
+def at_least_setting(sibling: str) -> Check[float]:
+    """At least the value of another field of the same group, named by its variable."""
+
+    def check(value: float, holder: Any) -> str | None:
+        if value >= getattr(holder, sibling):
+            return None
+        return f"must be >= {_var_of(type(holder), sibling).name}"
+
+    return check
+
+
+def tcp_port(value: int, _: Any) -> str | None:
+    return None if 0 <= value < 65536 else "must be a TCP port"
+
+
+def _divides_a_minute(value: int, _: Any) -> str | None:
+    if value > 0 and 60 % value == 0:
+        return None
+    return "must divide 60 (1, 2, 5, 10, 15, 20, 30, 60)"
+
+
+def url_scheme(*schemes: str) -> Check[str]:
+    return lambda url, _: (
+        None
+        if urlsplit(url).scheme in schemes
+        else f"must start with one of {schemes}, got {url!r}"
+    )
+
+
+def _key_prefix(value: str, _: Any) -> str | None:
+    if re.fullmatch(r"[A-Za-z0-9_.-]{1,50}", value):
+        return None
+    return f"{value!r} must be 1-50 of [A-Za-z0-9_.-]"
+
+
+def boolean(raw: str) -> bool:
     low = raw.strip().lower()
     if low in ("1", "true", "yes", "on"):
         return True
@@ -253,7 +199,7 @@ def _bool(raw: str) -> bool:
     raise ValueError("expected true/false")
 
 
-def _pos_float(raw: str) -> float:
+def finite(raw: str) -> float:
     value = float(raw)
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError("expected a finite number")
@@ -267,56 +213,239 @@ def _level(raw: str) -> str:
     return level
 
 
-_str: Callable[[str], str] = str
+# -- the groups ----------------------------------------------------------------------------
 
-#: field name -> (environment variable, parser)
+
+@dataclass(frozen=True, kw_only=True)
+class ApiSettings:
+    """The REST API and its Prometheus exporter (``qesmon api``)."""
+
+    host: str = setting("API_HOST", "127.0.0.1", str)
+    port: int = setting("API_PORT", 8000, int, check=tcp_port)
+    metrics_port: int = setting("PROMETHEUS_METRICS_PORT", 8001, int, check=tcp_port)
+    #: slower requests count as slow (seconds)
+    slow_request_threshold: float = setting("SLOW_REQUEST_THRESHOLD", 1.0, finite, check=above(0))
+    resource_monitoring_interval: float = setting(
+        "RESOURCE_MONITORING_INTERVAL", 30.0, finite, check=above(0)
+    )
+    resource_monitor: bool = setting("RESOURCE_MONITOR", True, boolean)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineSettings:
+    """The Bytewax pipeline: windows, snapshots, and the bounds against hostile producers
+    (issue 13; see README "Limits"). The API reads the window width and lateness too."""
+
+    window_seconds: int = setting("WINDOW_SECONDS", 10, int, check=_divides_a_minute)
+    watermark_wait: float = setting("WATERMARK_WAIT_SECONDS", 2.0, finite, check=at_least(0))
+    allowed_lateness: float = setting("ALLOWED_LATENESS_SECONDS", 30.0, finite, check=at_least(0))
+    recovery_dir: Path = setting("RECOVERY_DIR", Path("var/recovery"), Path)
+    snapshot_interval: int = setting("SNAPSHOT_INTERVAL_SECONDS", 5, int, check=at_least(1))
+    #: consumed stream entries are trimmed once a snapshot this old covers them
+    #: (None: 3 snapshot intervals + 30 s)
+    stream_trim_after: float | None = setting("STREAM_TRIM_AFTER_SECONDS", None, finite)
+    #: a stream entry larger than this (UTF-8 bytes) is a dead letter, not parsed
+    max_entry_bytes: int = setting("MAX_ENTRY_BYTES", 4 * 2**20, int, check=at_least(65536))
+    #: one dead letter holds at most this many bytes (original fields cut to an excerpt)
+    dead_letter_max_bytes: int = setting("DEAD_LETTER_MAX_BYTES", 8192, int, check=at_least(2048))
+    #: the dead-letter stream keeps about this many entries (oldest dropped)
+    dead_letter_maxlen: int = setting("DEAD_LETTER_MAXLEN", 50_000, int, check=at_least(100))
+    #: active series (with a window still open, up to an hour) per tenant and shard
+    max_series_per_tenant: int = setting("MAX_SERIES_PER_TENANT", 10_000, int, check=at_least(1))
+    #: active series per shard, all tenants together
+    max_series: int = setting(
+        "MAX_SERIES", 100_000, int, check=at_least_setting("max_series_per_tenant")
+    )
+    #: alert groups (one alert each) a rule may keep at once
+    max_alert_groups_per_rule: int = setting(
+        "MAX_ALERT_GROUPS_PER_RULE", 1_000, int, check=at_least(1)
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifierSettings:
+    """Delivery tuning of the notifier (``qesmon notifier``)."""
+
+    #: multiplies escalation and repeat delays (e.g. 0.01 for a demo)
+    time_scale: float = setting("NOTIFIER_TIME_SCALE", 1.0, finite, check=above(0))
+    retry_base: float = setting("NOTIFIER_RETRY_BASE_SECONDS", 1.0, finite, check=above(0))
+    retry_max: float = setting(
+        "NOTIFIER_RETRY_MAX_SECONDS", 300.0, finite, check=at_least_setting("retry_base")
+    )
+    delivery_deadline: float = setting(
+        "NOTIFIER_DELIVERY_DEADLINE_SECONDS", 86400.0, finite, check=above(0)
+    )
+    #: a dead notifier's unacknowledged alert entries are taken over after this long
+    claim_idle: float = setting("NOTIFIER_CLAIM_IDLE_SECONDS", 30.0, finite, check=above(0))
+    #: an alert entry that failed this many times is parked as a dead letter
+    max_deliveries: int = setting("NOTIFIER_MAX_DELIVERIES", 5, int, check=at_least(1))
+    #: the alerts' dead-letter stream keeps about this many entries (oldest dropped)
+    dead_letter_maxlen: int = setting("ALERTS_DEAD_LETTER_MAXLEN", 10_000, int, check=at_least(100))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelSettings:
+    """Notification channels configured by the environment (the API can override them)."""
+
+    slack_webhook_url: str | None = setting("SLACK_WEBHOOK_URL", None, str, mask=mask_secret)
+    email_smtp_host: str | None = setting("EMAIL_SMTP_HOST", None, str)
+    email_smtp_port: int = setting("EMAIL_SMTP_PORT", 587, int)
+    email_smtp_user: str | None = setting("EMAIL_SMTP_USER", None, str)
+    email_smtp_password: str | None = setting("EMAIL_SMTP_PASSWORD", None, str, mask=mask_secret)
+    email_from: str | None = setting("EMAIL_FROM", None, str)
+    email_to: str | None = setting("EMAIL_TO", None, str)
+    discord_webhook_url: str | None = setting("DISCORD_WEBHOOK_URL", None, str, mask=mask_secret)
+    webhook_url: str | None = setting("WEBHOOK_URL", None, str, mask=mask_secret)
+    twilio_account_sid: str | None = setting("TWILIO_ACCOUNT_SID", None, str)
+    twilio_auth_token: str | None = setting("TWILIO_AUTH_TOKEN", None, str, mask=mask_secret)
+    twilio_from: str | None = setting("TWILIO_FROM", None, str)
+    twilio_api_url: str = setting("TWILIO_API_URL", "https://api.twilio.com", str)
+    sms_to: str | None = setting("SMS_TO", None, str)
+    pagerduty_routing_key: str | None = setting(
+        "PAGERDUTY_ROUTING_KEY", None, str, mask=mask_secret
+    )
+    pagerduty_events_url: str = setting(
+        "PAGERDUTY_EVENTS_URL", "https://events.pagerduty.com/v2/enqueue", str
+    )
+    alertmanager_url: str | None = setting("ALERTMANAGER_URL", None, str)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Effective configuration: the cross-cutting settings and one group per reader."""
+
+    redis_url: str = setting(
+        "REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        str,
+        check=url_scheme("redis", "rediss", "unix"),
+        mask=mask_url,
+    )
+    database_url: str = setting(
+        "DATABASE_URL",
+        "postgresql://postgres@127.0.0.1:5432/qesmon",
+        str,
+        check=url_scheme("postgresql", "postgres"),
+        mask=mask_url,
+    )
+    rules_dir: Path = setting("RULES_DIR", Path("rules"), Path)
+    key_prefix: str = setting("QESMON_KEY_PREFIX", "qes", str, check=_key_prefix)
+    stream_shards: int = setting("STREAM_SHARDS", 1, int, check=between(1, 1024))
+    log_level: str = setting("LOG_LEVEL", "INFO", _level)
+    api: ApiSettings = group(ApiSettings)
+    pipeline: PipelineSettings = group(PipelineSettings)
+    notifier: NotifierSettings = group(NotifierSettings)
+    channels: ChannelSettings = group(ChannelSettings)
+    #: every ``QESMON_*`` variable, for extensions (secrets masked in the log by their name)
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def streams(self) -> StreamKeys:
+        return StreamKeys(self.key_prefix, self.stream_shards)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build and validate settings from environment variables; raise ConfigError."""
+        settings = _read(cls, env)
+        settings = dataclasses.replace(
+            settings, extra={k: v for k, v in env.items() if k.startswith("QESMON_")}
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check ranges and formats; raise ConfigError naming the variable."""
+        for var, value, holder in _walk(self):
+            if var.check is not None:
+                problem = var.check(value, holder)
+                if problem is not None:
+                    raise ConfigError(f"{var.name} {problem}")
+
+    def describe(self) -> dict[str, Any]:
+        """The effective configuration with every secret masked, for the start-up log."""
+        out = _describe(self)
+        out["extra"] = {
+            k: mask_secret(v) if any(w in k.lower() for w in _SECRET_WORDS) else v
+            for k, v in self.extra.items()
+        }
+        return out
+
+
+# -- derived from the declarations ---------------------------------------------------------
+
+
+def _var_of(cls: type[Any], name: str) -> Var[Any]:
+    var: Var[Any] = next(f for f in dataclasses.fields(cls) if f.name == name).metadata[_VAR]
+    return var
+
+
+def _read(cls: type[G], env: Mapping[str, str]) -> G:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if _GROUP in f.metadata:
+            values[f.name] = _read(f.metadata[_GROUP], env)
+        elif _VAR in f.metadata:
+            var: Var[Any] = f.metadata[_VAR]
+            raw = env.get(var.name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = var.parse(raw)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{var.name}={raw!r} is invalid: {exc}") from None
+    return cls(**values)
+
+
+def _walk(holder: Any) -> Iterator[tuple[Var[Any], Any, Any]]:
+    """Every setting under ``holder`` in declaration order: (declaration, value, holder)."""
+    for f in dataclasses.fields(holder):
+        if _GROUP in f.metadata:
+            yield from _walk(getattr(holder, f.name))
+        elif _VAR in f.metadata:
+            yield f.metadata[_VAR], getattr(holder, f.name), holder
+
+
+def _describe(holder: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(holder):
+        value = getattr(holder, f.name)
+        if _GROUP in f.metadata:
+            out[f.name] = _describe(value)
+        elif _VAR in f.metadata:
+            var: Var[Any] = f.metadata[_VAR]
+            if var.mask is not None and value is not None:
+                value = var.mask(value)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def _variables(cls: type[Any], path: str = "") -> Iterator[tuple[str, Var[Any], Any]]:
+    for f in dataclasses.fields(cls):
+        if _GROUP in f.metadata:
+            yield from _variables(f.metadata[_GROUP], f"{path}{f.name}.")
+        elif _VAR in f.metadata:
+            yield f"{path}{f.name}", f.metadata[_VAR], f.default
+
+
+#: dotted field path (``pipeline.window_seconds``) -> (environment variable, parser)
 ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "redis_url": ("REDIS_URL", _str),
-    "database_url": ("DATABASE_URL", _str),
-    "rules_dir": ("RULES_DIR", Path),
-    "key_prefix": ("QESMON_KEY_PREFIX", _str),
-    "stream_shards": ("STREAM_SHARDS", int),
-    "api_host": ("API_HOST", _str),
-    "api_port": ("API_PORT", int),
-    "prometheus_metrics_port": ("PROMETHEUS_METRICS_PORT", int),
-    "window_seconds": ("WINDOW_SECONDS", int),
-    "watermark_wait": ("WATERMARK_WAIT_SECONDS", _pos_float),
-    "allowed_lateness": ("ALLOWED_LATENESS_SECONDS", _pos_float),
-    "recovery_dir": ("RECOVERY_DIR", Path),
-    "snapshot_interval": ("SNAPSHOT_INTERVAL_SECONDS", int),
-    "stream_trim_after": ("STREAM_TRIM_AFTER_SECONDS", _pos_float),
-    "max_entry_bytes": ("MAX_ENTRY_BYTES", int),
-    "dead_letter_max_bytes": ("DEAD_LETTER_MAX_BYTES", int),
-    "dead_letter_maxlen": ("DEAD_LETTER_MAXLEN", int),
-    "max_series_per_tenant": ("MAX_SERIES_PER_TENANT", int),
-    "max_series": ("MAX_SERIES", int),
-    "max_alert_groups_per_rule": ("MAX_ALERT_GROUPS_PER_RULE", int),
-    "slow_request_threshold": ("SLOW_REQUEST_THRESHOLD", _pos_float),
-    "resource_monitoring_interval": ("RESOURCE_MONITORING_INTERVAL", _pos_float),
-    "resource_monitor": ("RESOURCE_MONITOR", _bool),
-    "slack_webhook_url": ("SLACK_WEBHOOK_URL", _str),
-    "email_smtp_host": ("EMAIL_SMTP_HOST", _str),
-    "email_smtp_port": ("EMAIL_SMTP_PORT", int),
-    "email_smtp_user": ("EMAIL_SMTP_USER", _str),
-    "email_smtp_password": ("EMAIL_SMTP_PASSWORD", _str),
-    "email_from": ("EMAIL_FROM", _str),
-    "email_to": ("EMAIL_TO", _str),
-    "discord_webhook_url": ("DISCORD_WEBHOOK_URL", _str),
-    "webhook_url": ("WEBHOOK_URL", _str),
-    "twilio_account_sid": ("TWILIO_ACCOUNT_SID", _str),
-    "twilio_auth_token": ("TWILIO_AUTH_TOKEN", _str),
-    "twilio_from": ("TWILIO_FROM", _str),
-    "twilio_api_url": ("TWILIO_API_URL", _str),
-    "sms_to": ("SMS_TO", _str),
-    "pagerduty_routing_key": ("PAGERDUTY_ROUTING_KEY", _str),
-    "pagerduty_events_url": ("PAGERDUTY_EVENTS_URL", _str),
-    "alertmanager_url": ("ALERTMANAGER_URL", _str),
-    "notifier_time_scale": ("NOTIFIER_TIME_SCALE", _pos_float),
-    "notifier_retry_base": ("NOTIFIER_RETRY_BASE_SECONDS", _pos_float),
-    "notifier_retry_max": ("NOTIFIER_RETRY_MAX_SECONDS", _pos_float),
-    "notifier_delivery_deadline": ("NOTIFIER_DELIVERY_DEADLINE_SECONDS", _pos_float),
-    "notifier_claim_idle": ("NOTIFIER_CLAIM_IDLE_SECONDS", _pos_float),
-    "log_level": ("LOG_LEVEL", _level),
+    path: (var.name, var.parse) for path, var, _ in _variables(Settings)
 }
 
-__all__ = ["ENV", "Settings", "StreamKeys", "mask_secret", "mask_url"]
+#: dotted field path -> default value, for the README's table and its test
+DEFAULTS: dict[str, Any] = {path: default for path, _, default in _variables(Settings)}
+
+__all__ = [
+    "DEFAULTS",
+    "ENV",
+    "ApiSettings",
+    "ChannelSettings",
+    "NotifierSettings",
+    "PipelineSettings",
+    "Settings",
+    "StreamKeys",
+    "Var",
+    "mask_secret",
+    "mask_url",
+    "setting",
+]

@@ -92,7 +92,9 @@ class LiveHub:
         self.redis = redis_client
         self.pool = pool
         self.config = config
-        self.state = LiveState(history_s=config.history_s, width=float(settings.window_seconds))
+        self.state = LiveState(
+            history_s=config.history_s, width=float(settings.pipeline.window_seconds)
+        )
         self.subscribers: set[Subscriber] = set()
         self.channel = settings.streams.key("live")
         self.stop = asyncio.Event()

@@ -133,7 +133,7 @@ def claim_webhook(settings: Settings, url: str) -> str | None:
     """Point the ``webhook`` channel at ``url``; None when done, else why it was left alone."""
     from notifier.client import AlertingSystem
 
-    if settings.webhook_url:
+    if settings.channels.webhook_url:
         return "WEBHOOK_URL is set, so alerts go there"
     row = _webhook_row(settings)
     if row is not None and row[0] and not _is_ours(row[1]):

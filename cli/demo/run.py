@@ -189,7 +189,7 @@ class _Run:
 
     async def live(self, tenants: Sequence[Tenant], receiver: WebhookReceiver | None) -> None:
         settings, opts = self.settings, self.options
-        width = settings.window_seconds
+        width = settings.pipeline.window_seconds
         began = time.time()
         schedule = Schedule(math.floor(began / width) * width, opts.speed, quota_tenant(tenants))
         traffic = Traffic(tenants, opts.seed + 10, start=began)

@@ -57,7 +57,7 @@ def up_banner(
     settings: Settings, key: str | None, demo_off: str | None, routing: Path | None
 ) -> str:
     """Where to look, printed by ``qesmon up`` once everything is started."""
-    api = f"http://{settings.api_host}:{settings.api_port}"
+    api = f"http://{settings.api.host}:{settings.api.port}"
     auth = f"-H 'Authorization: Bearer {key}'" if key else "-H 'Authorization: Bearer <key>'"
     lines = [
         "qesmon up: pipeline, notifier, API"
@@ -70,7 +70,7 @@ def up_banner(
         f"  dashboard  curl -s {auth} {api}/api/v1/metrics/dashboard",
         f"  alerts     curl -s {auth} '{api}/api/v1/metrics/alerts?active_only=false'",
         f"  live page  {api}/live",
-        f"  exporter   http://{settings.api_host}:{settings.prometheus_metrics_port}/metrics",
+        f"  exporter   http://{settings.api.host}:{settings.api.metrics_port}/metrics",
     ]
     if demo_off:
         lines.append(f"  demo       off: {demo_off}")

@@ -14,7 +14,7 @@ from typing import Any
 from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
 from notifier.channels.webhook import am_labels
 from notifier.clock import iso
-from qesmon.settings import Settings
+from qesmon.settings import ChannelSettings
 
 
 @register
@@ -34,10 +34,10 @@ class Alertmanager(Channel):
         return f.done()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> dict[str, Any] | None:
-        if not settings.alertmanager_url:
+    def from_settings(cls, channels: ChannelSettings) -> dict[str, Any] | None:
+        if not channels.alertmanager_url:
             return None
-        return {"url": settings.alertmanager_url}
+        return {"url": channels.alertmanager_url}
 
     def payload(self, message: Message, now: float) -> list[dict[str, Any]]:
         resolved = message.kind == "resolved"

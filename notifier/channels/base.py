@@ -26,7 +26,7 @@ from notifier.clock import Clock, SystemClock
 from notifier.secrets import resolve
 from notifier.templating import Renderer, build_context
 from qesmon.errors import ChannelError, DeliveryError
-from qesmon.settings import Settings
+from qesmon.settings import ChannelSettings
 
 ALL_KINDS = frozenset({"firing", "repeat", "escalated", "acknowledged", "resolved", "test"})
 
@@ -99,7 +99,7 @@ class Channel(ABC):
         """Normalise ``config``; raise ChannelError naming the first bad field."""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> dict[str, Any] | None:
+    def from_settings(cls, channels: ChannelSettings) -> dict[str, Any] | None:
         """The config given by environment variables, or None when they do not set one."""
         return None
 

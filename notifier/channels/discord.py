@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
 from notifier.channels.slack import cut
-from qesmon.settings import Settings
+from qesmon.settings import ChannelSettings
 
 COLORS = {"critical": 0xD62728, "warning": 0xFF7F0E, "info": 0x1F77B4, "resolved": 0x2CA02C}
 MAX_FIELDS = 25
@@ -46,10 +46,10 @@ class Discord(Channel):
         return f.done()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> dict[str, Any] | None:
-        if not settings.discord_webhook_url:
+    def from_settings(cls, channels: ChannelSettings) -> dict[str, Any] | None:
+        if not channels.discord_webhook_url:
             return None
-        return {"webhook_url": settings.discord_webhook_url}
+        return {"webhook_url": channels.discord_webhook_url}
 
     def payload(self, message: Message, env: SendEnv) -> dict[str, Any]:
         context = message.context()

@@ -18,7 +18,7 @@ from typing import Any
 import aiosmtplib
 
 from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
-from qesmon.settings import Settings
+from qesmon.settings import ChannelSettings
 
 
 @register
@@ -55,18 +55,18 @@ class Email(Channel):
         return f.done()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> dict[str, Any] | None:
-        if not (settings.email_smtp_host and settings.email_from and settings.email_to):
+    def from_settings(cls, channels: ChannelSettings) -> dict[str, Any] | None:
+        if not (channels.email_smtp_host and channels.email_from and channels.email_to):
             return None
         config: dict[str, Any] = {
-            "smtp_host": settings.email_smtp_host,
-            "smtp_port": settings.email_smtp_port,
-            "from": settings.email_from,
-            "to": settings.email_to,
+            "smtp_host": channels.email_smtp_host,
+            "smtp_port": channels.email_smtp_port,
+            "from": channels.email_from,
+            "to": channels.email_to,
         }
-        if settings.email_smtp_user:
-            config["username"] = settings.email_smtp_user
-            config["password"] = settings.email_smtp_password
+        if channels.email_smtp_user:
+            config["username"] = channels.email_smtp_user
+            config["password"] = channels.email_smtp_password
         return config
 
     def build(self, message: Message, env: SendEnv) -> EmailMessage:

@@ -16,7 +16,7 @@ import orjson
 
 from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
 from notifier.channels.slack import cut
-from qesmon.settings import Settings
+from qesmon.settings import ChannelSettings
 
 SEVERITY = {"critical": "critical", "warning": "warning", "info": "info"}
 ACTIONS = {"acknowledged": "acknowledge", "resolved": "resolve"}
@@ -48,12 +48,12 @@ class PagerDuty(Channel):
         return f.done()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> dict[str, Any] | None:
-        if not settings.pagerduty_routing_key:
+    def from_settings(cls, channels: ChannelSettings) -> dict[str, Any] | None:
+        if not channels.pagerduty_routing_key:
             return None
         return {
-            "routing_key": settings.pagerduty_routing_key,
-            "events_url": settings.pagerduty_events_url,
+            "routing_key": channels.pagerduty_routing_key,
+            "events_url": channels.pagerduty_events_url,
         }
 
     def events(self, message: Message, env: SendEnv, routing_key: str) -> list[dict[str, Any]]:

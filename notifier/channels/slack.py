@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
-from qesmon.settings import Settings
+from qesmon.settings import ChannelSettings
 
 SECTION_LIMIT = 3000
 TEXT_LIMIT = 40000
@@ -38,10 +38,10 @@ class Slack(Channel):
         return f.done()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> dict[str, Any] | None:
-        if not settings.slack_webhook_url:
+    def from_settings(cls, channels: ChannelSettings) -> dict[str, Any] | None:
+        if not channels.slack_webhook_url:
             return None
-        return {"webhook_url": settings.slack_webhook_url}
+        return {"webhook_url": channels.slack_webhook_url}
 
     def payload(self, message: Message, env: SendEnv) -> dict[str, Any]:
         context = message.context()

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
-from qesmon.settings import Settings
+from qesmon.settings import ChannelSettings
 
 GSM7 = set(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -76,15 +76,15 @@ class Sms(Channel):
         return f.done()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> dict[str, Any] | None:
-        if not (settings.twilio_account_sid and settings.twilio_auth_token and settings.sms_to):
+    def from_settings(cls, channels: ChannelSettings) -> dict[str, Any] | None:
+        if not (channels.twilio_account_sid and channels.twilio_auth_token and channels.sms_to):
             return None
         return {
-            "account_sid": settings.twilio_account_sid,
-            "auth_token": settings.twilio_auth_token,
-            "from": settings.twilio_from,
-            "to": settings.sms_to,
-            "api_url": settings.twilio_api_url,
+            "account_sid": channels.twilio_account_sid,
+            "auth_token": channels.twilio_auth_token,
+            "from": channels.twilio_from,
+            "to": channels.sms_to,
+            "api_url": channels.twilio_api_url,
         }
 
     def bodies(self, message: Message, env: SendEnv) -> list[str]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
-from qesmon.settings import Settings
+from qesmon.settings import ChannelSettings
 
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -102,10 +102,10 @@ class Webhook(Channel):
         return f.done()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> dict[str, Any] | None:
-        if not settings.webhook_url:
+    def from_settings(cls, channels: ChannelSettings) -> dict[str, Any] | None:
+        if not channels.webhook_url:
             return None
-        return {"url": settings.webhook_url}
+        return {"url": channels.webhook_url}
 
     def payload(self, message: Message, env: SendEnv) -> dict[str, Any]:
         if self.config.get("format", "alertmanager") == "alertmanager":

@@ -3,7 +3,6 @@ pipeline process, then read back through the dashboard and performance endpoints
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 from pathlib import Path
@@ -21,14 +20,17 @@ from qesmon.settings import Settings
 from tests.api.conftest import Ev, Keys, auth
 from tests.api.test_dashboard import _ts, expected
 from tests.support.processes import QesmonProcess, settings_env, wait_for
+from tests.support.settings import replace_settings
 
 
 @pytest.fixture
 def psettings(settings: Settings, tmp_path: Path) -> Settings:
     rules = tmp_path / "rules"
     rules.mkdir()
-    return dataclasses.replace(
-        settings, watermark_wait=1.0, allowed_lateness=5.0, snapshot_interval=1, rules_dir=rules
+    return replace_settings(
+        settings,
+        pipeline=dict(watermark_wait=1.0, allowed_lateness=5.0, snapshot_interval=1),
+        rules_dir=rules,
     )
 
 

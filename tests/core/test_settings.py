@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import zlib
+from pathlib import Path
 
 import pytest
 
 from qesmon.errors import ConfigError
-from qesmon.settings import Settings, StreamKeys, mask_secret, mask_url
+from qesmon.settings import DEFAULTS, ENV, Settings, StreamKeys, mask_secret, mask_url
+
+README = Path(__file__).parents[2] / "README.md"
 
 
 def test_defaults_match_the_design() -> None:
     s = Settings.from_env({})
-    assert (s.api_port, s.prometheus_metrics_port, s.window_seconds) == (8000, 8001, 10)
+    assert (s.api.port, s.api.metrics_port, s.pipeline.window_seconds) == (8000, 8001, 10)
+    assert (s.notifier.max_deliveries, s.notifier.dead_letter_maxlen) == (5, 10_000)
     assert s.streams.metrics == ["qes:metrics"]
     assert (s.streams.dead, s.streams.alerts) == ("qes:metrics:dead", "qes:alerts")
 
@@ -33,6 +39,14 @@ def test_shards_are_numbered() -> None:
         ({"STREAM_SHARDS": "0"}, "STREAM_SHARDS must be between 1 and 1024"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL='loud' is invalid"),
         ({"QESMON_KEY_PREFIX": "a b"}, "QESMON_KEY_PREFIX 'a b'"),
+        ({"MAX_SERIES": "5"}, "MAX_SERIES must be >= MAX_SERIES_PER_TENANT"),
+        (
+            {"NOTIFIER_RETRY_MAX_SECONDS": "0.5"},
+            "NOTIFIER_RETRY_MAX_SECONDS must be >= NOTIFIER_RETRY_BASE_SECONDS",
+        ),
+        ({"NOTIFIER_MAX_DELIVERIES": "0"}, "NOTIFIER_MAX_DELIVERIES must be >= 1"),
+        ({"ALERTS_DEAD_LETTER_MAXLEN": "10"}, "ALERTS_DEAD_LETTER_MAXLEN must be >= 100"),
+        ({"RESOURCE_MONITOR": "maybe"}, "RESOURCE_MONITOR='maybe' is invalid"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -60,6 +74,66 @@ def test_env_references_stay_visible_when_masked() -> None:
     assert mask_secret("${SLACK_TOKEN}") == "${SLACK_TOKEN}"
     assert mask_secret("short") == "***"
     assert mask_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
+
+
+def test_each_group_reads_its_own_variables() -> None:
+    s = Settings.from_env(
+        {
+            "API_PORT": "9000",
+            "WINDOW_SECONDS": "5",
+            "NOTIFIER_MAX_DELIVERIES": "3",
+            "ALERTS_DEAD_LETTER_MAXLEN": "500",
+            "WEBHOOK_URL": "https://hooks.example.com/x",
+            "RECOVERY_DIR": "/tmp/r",
+            "STREAM_TRIM_AFTER_SECONDS": "60",
+        }
+    )
+    assert s.api.port == 9000 and s.pipeline.window_seconds == 5
+    assert (s.notifier.max_deliveries, s.notifier.dead_letter_maxlen) == (3, 500)
+    assert s.channels.webhook_url == "https://hooks.example.com/x"
+    assert (s.pipeline.recovery_dir, s.pipeline.stream_trim_after) == (Path("/tmp/r"), 60.0)
+    assert Settings.from_env({"API_PORT": ""}).api.port == 8000  # empty means the default
+
+
+def test_every_field_declares_one_variable_of_its_own() -> None:
+    names = [var for var, _ in ENV.values()]
+    assert len(names) == len(set(names))
+    for group in ("api", "pipeline", "notifier", "channels"):
+        holder = getattr(Settings(), group)
+        for f in dataclasses.fields(holder):
+            assert f"{group}.{f.name}" in ENV, f"{group}.{f.name} has no variable"
+
+
+def test_a_field_named_like_a_secret_declares_a_mask() -> None:
+    words = ("password", "secret", "token", "webhook", "routing_key", "api_key", "auth")
+    secret = [path for path in ENV if any(w in path for w in words)]
+    assert secret, "the channels have secrets"
+    env = {ENV[path][0]: "a-secret-value-long-enough" for path in secret}
+    described = repr(Settings.from_env(env).describe())
+    assert "a-secret-value-long-enough" not in described
+    assert described.count("a-se***") == len(secret)
+
+
+def test_the_readme_lists_every_variable_with_its_default() -> None:
+    text = README.read_text()
+    section = text[text.index("## Configuration") :]
+    section = section[: section.index("\n## ", 1)]
+    rows = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\| `([A-Z_]+)` \| ([^|]*) \|", section, re.MULTILINE)
+    }
+    for path, (var, _) in ENV.items():
+        assert var in rows, f"{var} ({path}) is not in the README's Configuration table"
+        default = DEFAULTS[path]
+        shown = rows[var].replace(",", "").replace("`", "").split()[0]
+        if default is None:
+            assert shown == "—", f"{var}: README says {rows[var]!r}, no default"
+        elif isinstance(default, bool):
+            assert shown == str(default).lower(), f"{var}: README says {rows[var]!r}"
+        elif isinstance(default, int | float):
+            assert float(shown) == default, f"{var}: README says {rows[var]!r}"
+        else:
+            assert shown == str(default), f"{var}: README says {rows[var]!r}"
 
 
 def test_one_shard_formula_for_the_sdk_and_the_api() -> None:

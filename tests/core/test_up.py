@@ -5,7 +5,6 @@ The backoff and the health section are pure and tested without servers."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import json
 import os
@@ -27,6 +26,7 @@ from qesmon.settings import Settings
 from tests.pipeline import workload as wl
 from tests.support.faults import free_port
 from tests.support.processes import settings_env, wait_for
+from tests.support.settings import replace_settings
 
 REPO = Path(__file__).parents[2]
 WAIT = 2.0
@@ -193,12 +193,10 @@ def test_up_restarts_a_killed_pipeline_keeps_the_api_up_and_the_rollups_stay_exa
 ) -> None:
     rules = tmp_path / "rules"
     rules.mkdir()
-    usettings = dataclasses.replace(
+    usettings = replace_settings(
         settings,
         rules_dir=rules,
-        watermark_wait=WAIT,
-        allowed_lateness=LATENESS,
-        snapshot_interval=1,
+        pipeline=dict(watermark_wait=WAIT, allowed_lateness=LATENESS, snapshot_interval=1),
     )
     api_port = free_port()
     env = settings_env(

@@ -6,7 +6,6 @@ are compressed ten times; the rule windows are not), plus the demo's notifier ro
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -27,6 +26,7 @@ from qesmon.contract import MetricType
 from qesmon.settings import Settings
 from tests.support.faults import free_port
 from tests.support.processes import QesmonProcess, settings_env, wait_for
+from tests.support.settings import replace_settings
 
 REPO = Path(__file__).parents[2]
 #: the default rules, made to decide within one 10 s window
@@ -88,14 +88,11 @@ def nonzero_sections(body: dict[str, Any]) -> list[str]:
 
 @pytest.fixture
 def dsettings(settings: Settings, tmp_path: Path) -> Settings:
-    return dataclasses.replace(
+    return replace_settings(
         settings,
         rules_dir=fast_rules(tmp_path / "rules"),
-        watermark_wait=1.0,
-        allowed_lateness=5.0,
-        snapshot_interval=1,
-        api_port=free_port(),
-        prometheus_metrics_port=free_port(),
+        pipeline=dict(watermark_wait=1.0, allowed_lateness=5.0, snapshot_interval=1),
+        api=dict(port=free_port(), metrics_port=free_port()),
     )
 
 
@@ -107,13 +104,13 @@ def test_demo_fills_every_event_type_fires_and_resolves_alerts_and_the_dashboard
 ) -> None:
     env = settings_env(
         dsettings,
-        API_PORT=str(dsettings.api_port),
-        PROMETHEUS_METRICS_PORT=str(dsettings.prometheus_metrics_port),
+        API_PORT=str(dsettings.api.port),
+        PROMETHEUS_METRICS_PORT=str(dsettings.api.metrics_port),
         RESOURCE_MONITORING_INTERVAL="2",
         NOTIFIER_TIME_SCALE="0.05",  # the demo's 1 min escalation after 3 s
     )
     key = create_key_sync(db, role="admin", name="demo e2e")
-    api = f"http://127.0.0.1:{dsettings.api_port}/api/v1/metrics"
+    api = f"http://127.0.0.1:{dsettings.api.port}/api/v1/metrics"
     started = time.time()
     procs = {
         name: QesmonProcess(args, env, tmp_path / f"{name}.log")

@@ -33,6 +33,7 @@ from qesmon.errors import ConfigError
 from qesmon.settings import Settings
 from tests.support.faults import free_port
 from tests.support.processes import settings_env, wait_for
+from tests.support.settings import replace_settings
 
 REPO = Path(__file__).parents[2]
 
@@ -101,7 +102,9 @@ def test_the_demo_claims_the_webhook_channel_only_when_nobody_else_has(
     assert _webhook(db)[1]["url"] == "https://hooks.example.com/qes"  # type: ignore[index]
     release_webhook(settings, "http://127.0.0.1:11/notify")
     assert _webhook(db)[0] is True  # type: ignore[index]
-    with_env = dataclasses.replace(settings, webhook_url="https://hooks.example.com/env")
+    with_env = replace_settings(
+        settings, channels=dict(webhook_url="https://hooks.example.com/env")
+    )
     assert "WEBHOOK_URL" in (claim_webhook(with_env, "http://127.0.0.1:12/notify") or "")
 
 

@@ -8,7 +8,6 @@ test fails and says so (it is never skipped).
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import time
 import urllib.request
@@ -24,6 +23,7 @@ from api.keys import create_key_sync
 from qesmon.encode import encode_batch, event_dict
 from qesmon.settings import Settings
 from tests.support.processes import QesmonProcess, settings_env, wait_for
+from tests.support.settings import replace_settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -61,14 +61,11 @@ def esettings(settings: Settings, tmp_path: Path) -> Settings:
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "live.yaml").write_text(RULE)
-    return dataclasses.replace(
+    return replace_settings(
         settings,
         rules_dir=rules,
-        watermark_wait=0.5,
-        allowed_lateness=30.0,
-        snapshot_interval=1,
-        api_port=_free_port(),
-        prometheus_metrics_port=_free_port(),
+        pipeline=dict(watermark_wait=0.5, allowed_lateness=30.0, snapshot_interval=1),
+        api=dict(port=_free_port(), metrics_port=_free_port()),
     )
 
 
@@ -76,11 +73,11 @@ class Api:
     """``qesmon api`` on the test's ports, restartable."""
 
     def __init__(self, settings: Settings, tmp_path: Path) -> None:
-        self.url = f"http://127.0.0.1:{settings.api_port}"
+        self.url = f"http://127.0.0.1:{settings.api.port}"
         env = settings_env(
             settings,
-            API_PORT=str(settings.api_port),
-            PROMETHEUS_METRICS_PORT=str(settings.prometheus_metrics_port),
+            API_PORT=str(settings.api.port),
+            PROMETHEUS_METRICS_PORT=str(settings.api.metrics_port),
             RESOURCE_MONITOR="false",
         )
         self.proc = QesmonProcess(["api"], env, tmp_path / "api.log")

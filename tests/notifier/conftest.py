@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from notifier.clock import Clock, FakeClock
 from notifier.service import Notifier
 from qesmon.alerts import AlertState, AlertTransition, Severity
 from qesmon.settings import Settings
+from tests.support.settings import replace_settings
 
 
 @dataclass
@@ -129,12 +129,10 @@ def nsettings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
         conn.execute("TRUNCATE notifier_seen_transitions")
     rules = tmp_path / "rules"
     rules.mkdir()
-    yield dataclasses.replace(
+    yield replace_settings(
         settings,
         rules_dir=rules,
-        notifier_retry_base=0.05,
-        notifier_retry_max=0.2,
-        notifier_claim_idle=2.0,
+        notifier=dict(retry_base=0.05, retry_max=0.2, claim_idle=2.0),
     )
 
 

@@ -32,6 +32,7 @@ from tests.notifier.conftest import (
     wait_for,
     write_policy,
 )
+from tests.support.settings import replace_settings
 
 WEBHOOK_ONLY = """
 routing:
@@ -232,7 +233,7 @@ async def test_an_entry_that_keeps_failing_is_parked_after_max_deliveries(
 
     monkeypatch.setattr(store, "record_transition", buggy)
     stream = nsettings.streams.alerts
-    async with running(nsettings, max_deliveries=3):
+    async with running(replace_settings(nsettings, notifier=dict(max_deliveries=3))):
         await raw.xadd(stream, as_bytes(transition("one")))  # type: ignore[arg-type]
         boom_id = await raw.xadd(stream, as_bytes(transition("boom")))  # type: ignore[arg-type]
         await raw.xadd(stream, as_bytes(transition("two")))  # type: ignore[arg-type]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +28,7 @@ from tests.notifier.conftest import (
     wait_for,
     write_policy,
 )
+from tests.support.settings import replace_settings
 
 WEBHOOK_ONLY = """
 routing:
@@ -483,7 +483,7 @@ async def test_the_notifier_rides_out_a_database_outage_and_delivers_afterwards(
     port = await proxy.start()
     behind = url._replace(netloc=f"{url.username}@127.0.0.1:{port}").geturl()
     write_policy(nsettings, WEBHOOK_ONLY)
-    down = dataclasses.replace(nsettings, database_url=behind, webhook_url=receiver.url)
+    down = replace_settings(nsettings, database_url=behind, channels=dict(webhook_url=receiver.url))
     notifier = Notifier(down, environ={}, poll_interval=0.05, db_timeout=0.5)
     task = asyncio.create_task(notifier.run())
     try:

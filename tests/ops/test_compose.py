@@ -151,11 +151,11 @@ def test_qesmon_environment_uses_the_settings_names_and_is_valid() -> None:
         # With only the required secrets set, the values are what Settings accepts.
         resolved = {k: interpolate(str(v), {"POSTGRES_PASSWORD": "x"}) for k, v in env.items()}
         settings = Settings.from_env(resolved)
-        assert settings.api_host == "0.0.0.0"
-        assert (settings.api_port, settings.prometheus_metrics_port) == (8000, 8001)
+        assert settings.api.host == "0.0.0.0"
+        assert (settings.api.port, settings.api.metrics_port) == (8000, 8001)
         assert urlhost(settings.redis_url) == "redis"
         assert urlhost(settings.database_url) == "timescaledb"
-        assert str(settings.recovery_dir) == "/var/lib/qesmon/recovery"
+        assert str(settings.pipeline.recovery_dir) == "/var/lib/qesmon/recovery"
     text = COMPOSE.read_text()
     for match in _REF.finditer(text):
         assert match.group(1) in env_example, f"${{{match.group(1)}}} is not in .env.example"
@@ -188,12 +188,12 @@ def test_ports_match_the_settings_and_the_scrape_target() -> None:
     defaults = Settings()
     published = [interpolate(p, {}) for p in services["api"]["ports"]]
     assert published == [
-        f"{defaults.api_port}:{defaults.api_port}",
-        f"{defaults.prometheus_metrics_port}:{defaults.prometheus_metrics_port}",
+        f"{defaults.api.port}:{defaults.api.port}",
+        f"{defaults.api.metrics_port}:{defaults.api.metrics_port}",
     ]
     scrape = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
     job = next(j for j in scrape["scrape_configs"] if j["job_name"] == "qes-monitoring")
-    assert job["static_configs"][0]["targets"] == [f"api:{defaults.prometheus_metrics_port}"]
+    assert job["static_configs"][0]["targets"] == [f"api:{defaults.api.metrics_port}"]
     prom_cmd = services["prometheus"]["command"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in prom_cmd
     assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]

@@ -9,7 +9,6 @@ with values, so a typo in a column, an event name or a label key fails here.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
@@ -36,6 +35,7 @@ from qesmon.settings import Settings
 from tests.ops import workload
 from tests.ops.grafana_sql import Expander, ExpansionError, Scenario, sql_targets
 from tests.support.processes import QesmonProcess, settings_env, wait_for
+from tests.support.settings import replace_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = ROOT / "grafana" / "dashboards" / "qes-monitoring"
@@ -83,7 +83,8 @@ def _run_pipeline_until_done(settings: Settings, load: workload.Workload, tmp: P
     """Run ``qesmon pipeline`` until every event is in the 10 s and 1 min rollups, then stop it."""
     rules = tmp / "no-rules"
     rules.mkdir()
-    env = settings_env(dataclasses.replace(settings, rules_dir=rules, snapshot_interval=1))
+    quick = replace_settings(settings, rules_dir=rules, pipeline=dict(snapshot_interval=1))
+    env = settings_env(quick)
     args = ["pipeline", "--recovery-dir", str(tmp / "recovery")]
     proc = QesmonProcess(args, env, tmp / "pipeline.log").start()
     expected = len(load.events)

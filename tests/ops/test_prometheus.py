@@ -32,7 +32,7 @@ from psycopg.types.json import Jsonb
 
 from qesmon import vocabulary as v
 from qesmon.migrate import apply_migrations
-from qesmon.settings import Settings
+from qesmon.settings import ApiSettings, Settings
 from qesmon.sketch import Agg
 from tests.support.faults import free_port
 from tests.support.processes import QesmonProcess, settings_env, wait_for
@@ -194,18 +194,17 @@ def exporter(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) 
             redis_url=base_settings.redis_url,
             database_url=url,
             key_prefix=f"prom{uuid.uuid4().hex[:8]}",
-            api_port=free_port(),
-            prometheus_metrics_port=free_port(),
+            api=ApiSettings(port=free_port(), metrics_port=free_port()),
         )
         env = settings_env(
             settings,
             API_HOST="127.0.0.1",
-            API_PORT=str(settings.api_port),
-            PROMETHEUS_METRICS_PORT=str(settings.prometheus_metrics_port),
+            API_PORT=str(settings.api.port),
+            PROMETHEUS_METRICS_PORT=str(settings.api.metrics_port),
         )
         log = tmp_path_factory.mktemp("api") / "api.log"
         proc = QesmonProcess(["api"], env, log).start()
-        metrics_url = f"http://127.0.0.1:{settings.prometheus_metrics_port}/metrics"
+        metrics_url = f"http://127.0.0.1:{settings.api.metrics_port}/metrics"
 
         def quota_exported() -> bool:
             assert proc is not None and proc.alive(), f"qesmon api exited:\n{proc and proc.log()}"
@@ -217,7 +216,7 @@ def exporter(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) 
             return 'qes_quota_utilization{resource="signatures",tenant_id="t-1"} 95.0' in text
 
         wait_for(quota_exported, 30, "qesmon api to export the quota", interval=0.2)
-        yield settings.prometheus_metrics_port
+        yield settings.api.metrics_port
     finally:
         if proc is not None:
             proc.stop()

@@ -22,6 +22,7 @@ from tests.pipeline import workload as wl
 from tests.support.faults import PrivateRedis
 from tests.support.postgres import PrivatePostgres
 from tests.support.processes import QesmonProcess, settings_env, wait_for
+from tests.support.settings import replace_settings
 
 WAIT = 2.0
 LATENESS = 30.0
@@ -31,11 +32,9 @@ LATENESS = 30.0
 def psettings(settings: Settings, tmp_path: Path) -> Settings:
     rules = tmp_path / "rules"
     rules.mkdir()
-    return dataclasses.replace(
+    return replace_settings(
         settings,
-        watermark_wait=WAIT,
-        allowed_lateness=LATENESS,
-        snapshot_interval=1,
+        pipeline=dict(watermark_wait=WAIT, allowed_lateness=LATENESS, snapshot_interval=1),
         rules_dir=rules,
     )
 

@@ -7,7 +7,6 @@ bytes), and that the well-behaved events around it are counted exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from qesmon import deadletter
 from qesmon.settings import Settings
 from tests.pipeline import workload as wl
 from tests.support.processes import QesmonProcess, settings_env, wait_for
+from tests.support.settings import replace_settings
 
 MAX_ENTRY = 65536
 
@@ -30,8 +30,10 @@ MAX_ENTRY = 65536
 def psettings(settings: Settings, tmp_path: Path) -> Settings:
     rules = tmp_path / "rules"
     rules.mkdir()
-    return dataclasses.replace(
-        settings, watermark_wait=1.0, allowed_lateness=5.0, snapshot_interval=1, rules_dir=rules
+    return replace_settings(
+        settings,
+        pipeline=dict(watermark_wait=1.0, allowed_lateness=5.0, snapshot_interval=1),
+        rules_dir=rules,
     )
 
 

@@ -8,7 +8,6 @@ subprocess with the six default rule files; the alerts appear in TimescaleDB and
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import shutil
 import sqlite3
@@ -27,6 +26,7 @@ from qesmon.settings import Settings
 from rules.loader import load_rules
 from tests.rules.helpers import REPO
 from tests.support.processes import QesmonProcess, settings_env, wait_for
+from tests.support.settings import replace_settings
 
 Db = psycopg.Connection[tuple[object, ...]]
 
@@ -37,12 +37,10 @@ def esettings(settings: Settings, tmp_path: Path) -> Settings:
     rules_dir.mkdir()
     for path in (REPO / "rules").glob("*.yaml"):
         shutil.copy(path, rules_dir)
-    return dataclasses.replace(
+    return replace_settings(
         settings,
         rules_dir=rules_dir,
-        watermark_wait=2.0,
-        allowed_lateness=30.0,
-        snapshot_interval=1,
+        pipeline=dict(watermark_wait=2.0, allowed_lateness=30.0, snapshot_interval=1),
     )
 
 
@@ -185,7 +183,7 @@ def test_sigkill_while_firing_neither_fires_twice_nor_loses_the_resolve(
     """Three bad windows fire high_error_rate; SIGKILL once the firing is snapshotted; good
     windows arrive while it is down; after the restart the alert resolves, once, and the
     firing is not repeated. (Event times a minute back, lateness 5 min: no waiting.)"""
-    esettings = dataclasses.replace(esettings, allowed_lateness=300.0)
+    esettings = replace_settings(esettings, pipeline=dict(allowed_lateness=300.0))
     s = math.floor(time.time() / 10) * 10 - 80
     bad = [
         e for w in range(3) for e in _http(s + w * 10, failures=5, duration=0.1, endpoint="/sign")
