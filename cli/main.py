@@ -119,7 +119,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "pipeline":
         from pipeline.run import main as pipeline_main
 
-        return pipeline_main(settings, args)
+        return pipeline_main(settings, args, relaunch=[sys.executable, "-m", "cli", "pipeline"])
     if command == "notifier":
         from notifier.service import main as notifier_main
 

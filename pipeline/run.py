@@ -17,8 +17,8 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -90,11 +90,13 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def main(settings: Settings, args: argparse.Namespace) -> int:
+def main(settings: Settings, args: argparse.Namespace, *, relaunch: Sequence[str]) -> int:
+    """Run the pipeline as ``args`` say. ``relaunch`` is the command line that starts this
+    same command again (the entry point knows it): ``-p N`` starts N of them as a cluster."""
     recovery_dir: Path = args.recovery_dir or settings.pipeline.recovery_dir
     workers = max(1, args.workers_per_process)
     if args.processes > 1 and args.process_id is None:
-        return _run_local_cluster(args.processes, workers, recovery_dir)
+        return _run_local_cluster(relaunch, args.processes, workers, recovery_dir)
     addresses = args.addresses.split(";") if args.addresses else None
     total = workers * (len(addresses) if addresses else 1)
     recovery = prepare_recovery(recovery_dir, total)
@@ -132,17 +134,16 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_local_cluster(processes: int, workers: int, recovery_dir: Path) -> int:
+def _run_local_cluster(
+    relaunch: Sequence[str], processes: int, workers: int, recovery_dir: Path
+) -> int:
     addresses = ";".join(f"localhost:{2101 + i}" for i in range(processes))
     prepare_recovery(recovery_dir, processes * workers)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the children with us
     children = [
         subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "qesmon",
-                "pipeline",
+                *relaunch,
                 "-w",
                 str(workers),
                 "-i",
