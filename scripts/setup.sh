@@ -17,6 +17,8 @@
 #   QESMON_TSDB_SUITE          Debian suite whose timescaledb source package is
 #                              built when the extension is missing (default trixie)
 #   QESMON_DEBIAN_MIRROR       default http://deb.debian.org/debian
+#   QESMON_DEBIAN_KEYRING      keys the suite's InRelease must be signed with
+#                              (default /usr/share/keyrings/debian-archive-keyring.gpg)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +29,11 @@ PG_PORT=${QESMON_PG_PORT:-55432}
 PG_DB=qesmon
 TSDB_SUITE=${QESMON_TSDB_SUITE:-trixie}
 DEBIAN_MIRROR=${QESMON_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+DEBIAN_KEYRING=${QESMON_DEBIAN_KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}
+
+# debsrc_*: trusting a file of Debian's archive through the suite's signed InRelease.
+# shellcheck source=scripts/debian-source.sh
+. "$ROOT/scripts/debian-source.sh"
 
 log() { printf '[setup] %s\n' "$*"; }
 redact() { sed -E 's#(://[^:/@]*:)[^@/]*@#\1***@#' <<<"$1"; } # hide URL passwords
@@ -263,6 +270,9 @@ setup_base_packages() {
 		want prometheus-alertmanager amtool
 		want chromium chromium
 		want chromium-driver chromedriver
+		# tests/ops/test_debian_source.py checks the InRelease verification with them
+		want gpgv gpgv
+		[ -r "$DEBIAN_KEYRING" ] || MISSING+=(debian-archive-keyring)
 	fi
 	if [ "${#MISSING[@]}" -eq 0 ]; then
 		log "system packages present"
@@ -358,6 +368,38 @@ timescaledb_installed() {
 }
 
 # ------------------------------------------------------------ timescaledb --
+# fetch_verified_sources DIR: the suite's main/source/Sources.xz into
+# DIR/Sources-SUITE.xz, trusted only through the suite's InRelease: a good
+# signature by a key of $DEBIAN_KEYRING (gpgv) for this suite and still valid,
+# then the SHA-256 and size that the signed text gives for Sources.xz. Plain
+# HTTP is fine for all of it: nothing unsigned is believed.
+fetch_verified_sources() {
+	local dl=$1 dist="$DEBIAN_MIRROR/dists/$TSDB_SUITE" signed="$1/Release-$TSDB_SUITE"
+	local reason entry sha size url
+	log "fetching $dist/InRelease"
+	curl -fsSL --retry 3 --connect-timeout 30 -o "$dl/InRelease.part" "$dist/InRelease"
+	reason=$(debsrc_verify_release "$dl/InRelease.part" "$DEBIAN_KEYRING" "$TSDB_SUITE" "$signed" 2>&1) ||
+		die "refusing $dist/InRelease: $reason"
+	mv "$dl/InRelease.part" "$dl/InRelease-$TSDB_SUITE"
+	log "InRelease of $TSDB_SUITE: good signature by $DEBIAN_KEYRING"
+	entry=$(debsrc_index_hash "$signed" main/source/Sources.xz 2>&1) ||
+		die "refusing $dist/InRelease: $entry"
+	sha=${entry% *}
+	size=${entry#* }
+	# By hash when the archive offers it: a mirror update between the two
+	# downloads cannot then pair the new index with the old InRelease.
+	url="$dist/main/source/Sources.xz"
+	if grep -qx 'Acquire-By-Hash: yes' "$signed"; then
+		url="$dist/main/source/by-hash/SHA256/$sha"
+	fi
+	log "fetching $url"
+	curl -fsSL --retry 3 --connect-timeout 30 -o "$dl/Sources.xz.part" "$url"
+	reason=$(debsrc_check_file "$dl/Sources.xz.part" "$sha" "$size" 2>&1) ||
+		die "refusing Sources.xz of $TSDB_SUITE: $reason"
+	mv "$dl/Sources.xz.part" "$dl/Sources-$TSDB_SUITE.xz"
+	log "Sources.xz of $TSDB_SUITE matches the SHA-256 in the signed InRelease"
+}
+
 build_timescaledb() {
 	local build="$VAR/build" dl="$VAR/build/dl"
 	log "TimescaleDB missing for PostgreSQL $PG_MAJOR: building the Apache edition from Debian's source package ($TSDB_SUITE)"
@@ -367,6 +409,8 @@ build_timescaledb() {
 		want build-essential
 	fi
 	want patch patch
+	want gpgv gpgv
+	[ -r "$DEBIAN_KEYRING" ] || MISSING+=(debian-archive-keyring)
 	if ! pkg_installed "postgresql-server-dev-$PG_MAJOR" &&
 		! { [ -x "$PG_CONFIG" ] && [ -f "$("$PG_CONFIG" --includedir-server)/postgres.h" ]; }; then
 		MISSING+=("postgresql-server-dev-$PG_MAJOR")
@@ -375,10 +419,7 @@ build_timescaledb() {
 	[ -x "$PG_CONFIG" ] || die "$PG_CONFIG not found after installing postgresql-server-dev-$PG_MAJOR"
 
 	mkdir -p "$dl"
-	log "fetching $DEBIAN_MIRROR/dists/$TSDB_SUITE/main/source/Sources.xz"
-	curl -fsSL --retry 3 --connect-timeout 30 -o "$dl/Sources.xz.part" \
-		"$DEBIAN_MIRROR/dists/$TSDB_SUITE/main/source/Sources.xz"
-	mv "$dl/Sources.xz.part" "$dl/Sources-$TSDB_SUITE.xz"
+	fetch_verified_sources "$dl"
 
 	local stanza version directory orig_sha orig_file deb_sha deb_file
 	# awk reads to the end (no early exit) so xz gets no SIGPIPE under pipefail.
