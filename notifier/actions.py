@@ -28,7 +28,7 @@ from notifier.channels import REGISTRY, Message, SendEnv, channel_class
 from notifier.clock import Clock, SystemClock, iso
 from notifier.configs import ChannelConfig, enabled, load_configs
 from notifier.configs import validate as _validate
-from notifier.secrets import scrub, secret_values
+from notifier.secrets import DEFAULT_PREFIX, scrub, secret_values
 from notifier.service import template_dirs
 from notifier.templating import Renderer
 from qesmon.errors import ChannelError, DeliveryError
@@ -89,17 +89,20 @@ async def resolve_alert(
     return summary
 
 
-def validate_channel_config(channel: str, config: dict[str, Any]) -> dict[str, Any]:
+def validate_channel_config(
+    channel: str, config: dict[str, Any], secret_prefix: str = DEFAULT_PREFIX
+) -> dict[str, Any]:
     """Check ``config`` for ``channel`` and return it normalised (defaults filled in).
 
     Raises InvalidChannelConfig (message ``"<channel>: field '<name>': <problem>"``) for a
     non-object config, an unknown channel or a bad field. Secrets are kept as given,
-    ``${ENV_NAME}`` references included.
+    ``${NAME}`` references included (whole values naming a variable that starts with
+    ``secret_prefix``; see :mod:`notifier.secrets`).
     """
     if not isinstance(config, dict):
         raise InvalidChannelConfig("config must be a JSON object", channel)
     try:
-        return _validate(channel, config)
+        return _validate(channel, config, secret_prefix)
     except ChannelError as exc:
         refused = InvalidChannelConfig(str(exc))
         refused.channel = exc.channel
@@ -120,7 +123,7 @@ async def configure_channel(
     """
     if not isinstance(enabled, bool):
         raise InvalidChannelConfig("enabled must be true or false", channel)
-    clean = validate_channel_config(channel, config)
+    clean = validate_channel_config(channel, config, settings.channels.reference_env_prefix)
     async with pool.connection() as conn:
         await conn.execute(
             "INSERT INTO channel_configs (channel, enabled, config, updated_at)"

@@ -3,17 +3,19 @@
     from notifier.client import AlertingSystem, NotificationChannel
 
     alerting = AlertingSystem(database_url=os.environ["DATABASE_URL"])
-    alerting.configure_channel(NotificationChannel.SLACK,
-                               {"webhook_url": "${SLACK_WEBHOOK_URL}"})
-    result = await alerting.send_test(NotificationChannel.SLACK)   # {"ok": True, ...}
+    alerting.configure_channel(NotificationChannel.PAGERDUTY,
+                               {"routing_key": "${QESMON_SECRET_PAGERDUTY_KEY}"})
+    result = await alerting.send_test(NotificationChannel.PAGERDUTY)   # {"ok": True, ...}
 
 The config is validated at once (:class:`~qesmon.errors.ChannelError` names the field) and,
 with a ``database_url``, written to ``channel_configs`` where the running notifier picks it up
 within seconds; without one it is only kept in this object (useful for validation in CI).
 It lives in the notifier, next to the channel configs it validates and the test it sends, so
 that the metrics SDK (:mod:`qesmon.sdk`) needs none of the notifier's dependencies.
-Secrets may be ``${ENV_NAME}`` references; they are stored as given and every return value
-is masked. Field names per channel: see :mod:`notifier.channels`.
+Tokens, passwords and header values may be ``${NAME}`` references (the whole value, a
+variable starting with ``secret_prefix``, by default ``QESMON_SECRET_``; see
+:mod:`notifier.secrets`); they are stored as given and every return value is masked. Field
+names per channel: see :mod:`notifier.channels`.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from notifier.actions import send_test
 from notifier.configs import ChannelConfig, validate
+from notifier.secrets import DEFAULT_PREFIX
 from qesmon.db import connect
 from qesmon.errors import ChannelError
-from qesmon.settings import Settings
+from qesmon.settings import ChannelSettings, Settings
 
 
 class NotificationChannel(StrEnum):
@@ -48,8 +51,11 @@ class NotificationChannel(StrEnum):
 class AlertingSystem:
     """Configure and test notification channels (see the module docstring)."""
 
-    def __init__(self, database_url: str | None = None) -> None:
+    def __init__(
+        self, database_url: str | None = None, *, secret_prefix: str = DEFAULT_PREFIX
+    ) -> None:
         self.database_url = database_url
+        self.secret_prefix = secret_prefix
         self._configs: dict[str, tuple[bool, dict[str, Any]]] = {}
 
     def configure_channel(
@@ -57,7 +63,7 @@ class AlertingSystem:
     ) -> dict[str, Any]:
         """Validate and store ``config`` for ``channel``; return it with secrets masked."""
         name = _name(channel)
-        clean = validate(name, dict(config))
+        clean = validate(name, dict(config), self.secret_prefix)
         if self.database_url is not None:
             with connect(self.database_url, autocommit=True) as conn:
                 conn.execute(
@@ -67,7 +73,7 @@ class AlertingSystem:
                     (name, enabled, Jsonb(clean)),
                 )
         self._configs[name] = (enabled, clean)
-        return ChannelConfig(name, enabled, clean, "api").masked()
+        return ChannelConfig(name, enabled, clean, "api", self.secret_prefix).masked()
 
     def channels(self) -> dict[str, dict[str, Any]]:
         """The channels configured through this object, masked."""
@@ -83,7 +89,10 @@ class AlertingSystem:
         """
         if self.database_url is None:
             raise ChannelError("send_test needs AlertingSystem(database_url=...)", _name(channel))
-        settings = Settings(database_url=self.database_url)
+        settings = Settings(
+            database_url=self.database_url,
+            channels=ChannelSettings(reference_env_prefix=self.secret_prefix),
+        )
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             self.database_url, min_size=1, max_size=1, open=False, kwargs={"autocommit": True}
         )

@@ -190,6 +190,13 @@ def _key_prefix(value: str, _: Any) -> str | None:
     return f"{value!r} must be 1-50 of [A-Za-z0-9_.-]"
 
 
+def _reference_env_prefix(value: str, _: Any) -> str | None:
+    # a short prefix (or none) would let a channel config read any of the process's variables
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{3,63}", value):
+        return None
+    return f"{value!r} must be 4-64 of [A-Za-z0-9_], not starting with a digit"
+
+
 def boolean(raw: str) -> bool:
     low = raw.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -308,6 +315,10 @@ class ChannelSettings:
         "PAGERDUTY_EVENTS_URL", "https://events.pagerduty.com/v2/enqueue", str
     )
     alertmanager_url: str | None = setting("ALERTMANAGER_URL", None, str)
+    #: a channel config's ``${NAME}`` may only name variables starting with this
+    reference_env_prefix: str = setting(
+        "SECRET_ENV_PREFIX", "QESMON_SECRET_", str, check=_reference_env_prefix
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,11 +9,12 @@ and on resolve ``endsAt`` = the resolve time, which resolves it at once.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
+from notifier.channels.base import Channel, Message, SendEnv, SendResult, register
 from notifier.channels.webhook import am_labels
 from notifier.clock import iso
+from notifier.secrets import DEFAULT_PREFIX
 from qesmon.settings import ChannelSettings
 
 
@@ -21,13 +22,16 @@ from qesmon.settings import ChannelSettings
 class Alertmanager(Channel):
     name = "alertmanager"
     secret_fields = frozenset({"headers"})
+    references: ClassVar[Mapping[str, str]] = {"headers": "a header value"}
     kinds = frozenset({"firing", "repeat", "escalated", "resolved", "test"})
 
     @classmethod
-    def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        f = Fields(cls.name, config)
+    def validate(
+        cls, config: Mapping[str, Any], secret_prefix: str = DEFAULT_PREFIX
+    ) -> dict[str, Any]:
+        f = cls.fields(config, secret_prefix)
         f.url("url", required=True)
-        f.str_map("headers")
+        f.headers("headers")
         f.number("ends_after", 3600.0, lo=60, hi=7 * 86400)
         f.text("generator_url")
         f.number("timeout", 10.0, lo=0.1, hi=120)

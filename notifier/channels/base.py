@@ -12,9 +12,10 @@ Retry-After; any other status given up).
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -23,7 +24,7 @@ import aiohttp
 import orjson
 
 from notifier.clock import Clock, SystemClock
-from notifier.secrets import resolve
+from notifier.secrets import DEFAULT_PREFIX, allowed, invalid, is_reference, resolve
 from notifier.templating import Renderer, build_context
 from qesmon.errors import ChannelError, DeliveryError
 from qesmon.settings import ChannelSettings
@@ -75,28 +76,43 @@ def register(cls: type[Channel]) -> type[Channel]:
 class Channel(ABC):
     """Base class of the notification channels.
 
-    Subclasses set ``name``, ``secret_fields`` and implement ``validate`` and ``send``::
+    Subclasses set ``name``, ``secret_fields`` (masked in answers and logs), ``references``
+    (the fields that may hold a ``${NAME}`` reference, with what their value must be
+    otherwise) and implement ``validate`` and ``send``::
 
         @register
-        class Slack(Channel):
-            name = "slack"
-            secret_fields = frozenset({"webhook_url"})
+        class Sms(Channel):
+            name = "sms"
+            secret_fields = frozenset({"auth_token"})
+            references = {"auth_token": "the auth token"}
+
+    A channel is built with the prefix its references may name (``SECRET_ENV_PREFIX``).
     """
 
     name: ClassVar[str]
     secret_fields: ClassVar[frozenset[str]] = frozenset()
+    #: field -> what it holds when not a reference; never a URL field, never header names
+    references: ClassVar[Mapping[str, str]] = {}
     #: False when every alert needs its own message (PagerDuty's dedup_key per alert)
     groupable: ClassVar[bool] = True
     #: notification kinds this channel is sent (acknowledged notices are not for every one)
     kinds: ClassVar[frozenset[str]] = ALL_KINDS
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    def __init__(self, config: Mapping[str, Any], secret_prefix: str = DEFAULT_PREFIX) -> None:
         self.config = dict(config)
+        self.secret_prefix = secret_prefix
 
     @classmethod
     @abstractmethod
-    def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+    def validate(
+        cls, config: Mapping[str, Any], secret_prefix: str = DEFAULT_PREFIX
+    ) -> dict[str, Any]:
         """Normalise ``config``; raise ChannelError naming the first bad field."""
+
+    @classmethod
+    def fields(cls, config: Mapping[str, Any], secret_prefix: str) -> Fields:
+        """A :class:`Fields` reader for this channel's config."""
+        return Fields(cls.name, config, secret_prefix, cls.references)
 
     @classmethod
     def from_settings(cls, channels: ChannelSettings) -> dict[str, Any] | None:
@@ -104,11 +120,27 @@ class Channel(ABC):
         return None
 
     def resolved(self, environ: Mapping[str, str] | None) -> dict[str, Any]:
-        """The config with ``${ENV}`` references in secret fields replaced (send time only)."""
-        return {
-            k: resolve(v, k, self.name, environ) if k in self.secret_fields else v
-            for k, v in self.config.items()
-        }
+        """The config with its ``${NAME}`` references replaced (send time only); ChannelError,
+        with the field's usual complaint, when one is not allowed or not set."""
+        out = dict(self.config)
+        for name, expect in self.references.items():
+            value = out.get(name)
+            if isinstance(value, str):
+                out[name] = self._resolve(name, value, expect, environ)
+            elif isinstance(value, dict):
+                out[name] = {
+                    k: self._resolve(f"{name}.{k}", v, expect, environ) for k, v in value.items()
+                }
+        return out
+
+    def _resolve(
+        self, field_name: str, value: str, expect: str, environ: Mapping[str, str] | None
+    ) -> str:
+        resolved = resolve(value, self.secret_prefix, environ)
+        if resolved is None:
+            problem = invalid(expect, self.secret_prefix)
+            raise ChannelError(f"field {field_name!r}: {problem}", self.name)
+        return resolved
 
     @abstractmethod
     async def send(self, message: Message, env: SendEnv) -> SendResult:
@@ -197,13 +229,24 @@ class Fields:
     f = Fields("slack", config)
     url = f.url("webhook_url")
     f.done()          # rejects fields nobody asked for
+
+    ``references`` names the fields read with :meth:`secret` or :meth:`headers` and what
+    they hold when not a ``${NAME}`` reference (see :mod:`notifier.secrets`).
     """
 
-    def __init__(self, channel: str, config: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        channel: str,
+        config: Mapping[str, Any],
+        secret_prefix: str = DEFAULT_PREFIX,
+        references: Mapping[str, str] | None = None,
+    ) -> None:
         if not isinstance(config, Mapping):
             raise ChannelError("config must be a JSON object", channel)
         self.channel = channel
         self.config = config
+        self.secret_prefix = secret_prefix
+        self.references = references or {}
         self.out: dict[str, Any] = {}
 
     def fail(self, field_name: str, problem: str) -> ChannelError:
@@ -228,12 +271,53 @@ class Fields:
         return value if value is None else str(value)
 
     def url(self, name: str, *, required: bool = False, default: str | None = None) -> str | None:
+        """An http(s) URL, taken literally: a ``${NAME}`` in it would choose where a secret
+        goes, so none is allowed, whole or in part."""
         value = self.text(name, required=required, default=default)
-        if value is not None and not _is_ref(value):
+        if value is not None:
             parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise self.fail(name, "must be an http(s) URL or a ${ENV_NAME} reference")
+            if parts.scheme not in ("http", "https") or not parts.hostname or "${" in value:
+                raise self.fail(name, "must be an http(s) URL (without ${...} references)")
         return value
+
+    def secret(
+        self,
+        name: str,
+        *,
+        required: bool = False,
+        check: Callable[[str], bool] | None = None,
+    ) -> str | None:
+        """A field that may hold a ``${NAME}`` reference (whole value, allowed prefix); any
+        problem with it, of type, form, name or ``check`` on a literal, has one message."""
+        value = self._get(name, required)
+        if value is None:
+            return None
+        if not self._secret_ok(value, check):
+            raise self.fail(name, invalid(self.references[name], self.secret_prefix))
+        self.out[name] = value
+        return str(value)
+
+    def headers(self, name: str) -> dict[str, str]:
+        """HTTP headers: names are literal tokens, values may be whole ``${NAME}`` references."""
+        value = self._get(name, False) or {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise self.fail(name, "must be an object of header name to value")
+        for header, header_value in value.items():
+            if not HEADER_NAME.fullmatch(header):
+                raise self.fail(name, f"{header!r} is not a valid header name")
+            if not self._secret_ok(header_value, _no_line_break):
+                problem = invalid(self.references[name], self.secret_prefix)
+                raise self.fail(f"{name}.{header}", problem)
+        if value:
+            self.out[name] = dict(value)
+        return dict(value)
+
+    def _secret_ok(self, value: Any, check: Callable[[str], bool] | None) -> bool:
+        if not isinstance(value, str) or value == "":
+            return False
+        if is_reference(value):
+            return allowed(value, self.secret_prefix)
+        return check is None or check(value)
 
     def number(self, name: str, default: float, *, lo: float, hi: float) -> float:
         value = self._get(name, False)
@@ -266,16 +350,6 @@ class Fields:
         self.out[name] = value
         return value
 
-    def str_map(self, name: str) -> dict[str, str]:
-        value = self._get(name, False) or {}
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            raise self.fail(name, "must be an object of string to string")
-        if value:
-            self.out[name] = dict(value)
-        return dict(value)
-
     def choice(self, name: str, choices: Sequence[str], default: str) -> str:
         value = self.config.get(name, default)
         if value not in choices:
@@ -294,5 +368,9 @@ class Fields:
         return self.out
 
 
-def _is_ref(value: str) -> bool:
-    return value.startswith("${") and value.endswith("}")
+#: an HTTP header name (RFC 9110 token): no braces, so never a ``${NAME}`` reference
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _no_line_break(value: str) -> bool:
+    return not any(c in value for c in "\r\n\x00")

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
+from notifier.channels.base import Channel, Message, SendEnv, SendResult, register
 from notifier.channels.slack import cut
+from notifier.secrets import DEFAULT_PREFIX
 from qesmon.settings import ChannelSettings
 
 COLORS = {"critical": 0xD62728, "warning": 0xFF7F0E, "info": 0x1F77B4, "resolved": 0x2CA02C}
@@ -34,8 +35,10 @@ class Discord(Channel):
     secret_fields = frozenset({"webhook_url"})
 
     @classmethod
-    def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        f = Fields(cls.name, config)
+    def validate(
+        cls, config: Mapping[str, Any], secret_prefix: str = DEFAULT_PREFIX
+    ) -> dict[str, Any]:
+        f = cls.fields(config, secret_prefix)
         f.url("webhook_url", required=True)
         f.text("username")
         f.url("avatar_url")

@@ -13,11 +13,12 @@ import ssl
 from collections.abc import Mapping
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Any
+from typing import Any, ClassVar
 
 import aiosmtplib
 
-from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
+from notifier.channels.base import Channel, Message, SendEnv, SendResult, register
+from notifier.secrets import DEFAULT_PREFIX
 from qesmon.settings import ChannelSettings
 
 
@@ -25,15 +26,18 @@ from qesmon.settings import ChannelSettings
 class Email(Channel):
     name = "email"
     secret_fields = frozenset({"password"})
+    references: ClassVar[Mapping[str, str]] = {"password": "the SMTP password"}
     kinds = frozenset({"firing", "repeat", "escalated", "acknowledged", "resolved", "test"})
 
     @classmethod
-    def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        f = Fields(cls.name, config)
+    def validate(
+        cls, config: Mapping[str, Any], secret_prefix: str = DEFAULT_PREFIX
+    ) -> dict[str, Any]:
+        f = cls.fields(config, secret_prefix)
         f.text("smtp_host", required=True)
         port = f.number("smtp_port", 587, lo=1, hi=65535)
         user = f.text("username")
-        password = f.text("password")
+        password = f.secret("password")
         if bool(user) != bool(password):
             raise f.fail(
                 "password" if user else "username",

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
-from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
+from notifier.channels.base import Channel, Message, SendEnv, SendResult, register
 from notifier.channels.slack import cut
+from notifier.secrets import DEFAULT_PREFIX
 from qesmon.settings import ChannelSettings
 
 SEVERITY = {"critical": "critical", "warning": "warning", "info": "info"}
@@ -33,14 +34,15 @@ def dedup_key(fingerprint: str) -> str:
 class PagerDuty(Channel):
     name = "pagerduty"
     secret_fields = frozenset({"routing_key"})
+    references: ClassVar[Mapping[str, str]] = {"routing_key": "the 32-character integration key"}
     groupable = False
 
     @classmethod
-    def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        f = Fields(cls.name, config)
-        key = f.text("routing_key", required=True)
-        if key and not key.startswith("${") and len(key) != 32:
-            raise f.fail("routing_key", "must be the 32-character integration key")
+    def validate(
+        cls, config: Mapping[str, Any], secret_prefix: str = DEFAULT_PREFIX
+    ) -> dict[str, Any]:
+        f = cls.fields(config, secret_prefix)
+        f.secret("routing_key", required=True, check=lambda key: len(key) == 32)
         f.url("events_url", default="https://events.pagerduty.com/v2/enqueue")
         f.text("source", default="qes-monitoring")
         f.url("client_url")

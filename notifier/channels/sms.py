@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
-from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
+from notifier.channels.base import Channel, Message, SendEnv, SendResult, register
+from notifier.secrets import DEFAULT_PREFIX
 from qesmon.settings import ChannelSettings
 
 GSM7 = set(
@@ -52,13 +53,16 @@ def split_sms(text: str, limit: int, mode: str, max_parts: int) -> list[str]:
 class Sms(Channel):
     name = "sms"
     secret_fields = frozenset({"auth_token"})
+    references: ClassVar[Mapping[str, str]] = {"auth_token": "the auth token"}
     kinds = frozenset({"firing", "repeat", "escalated", "resolved", "test"})
 
     @classmethod
-    def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        f = Fields(cls.name, config)
+    def validate(
+        cls, config: Mapping[str, Any], secret_prefix: str = DEFAULT_PREFIX
+    ) -> dict[str, Any]:
+        f = cls.fields(config, secret_prefix)
         f.text("account_sid", required=True)
-        f.text("auth_token", required=True)
+        f.secret("auth_token", required=True)
         sender = f.text("from")
         service = f.text("messaging_service_sid")
         if not sender and not service:

@@ -5,16 +5,18 @@ receiver written for Alertmanager (Alerta, bridges) takes our alerts unchanged;
 ``format: qesmon`` sends ``{"event", "status", "title", "message", "alerts": [...]}`` with
 ``message`` rendered from ``templates/webhook/<event>.txt.j2``. Every request carries
 ``Idempotency-Key`` (the same for a retry or a re-send after a crash), so a receiver can drop
-duplicates. Header values are secrets (they usually hold tokens) and are masked.
+duplicates. Header values are secrets (they usually hold tokens): masked, and each may be a
+whole ``${QESMON_SECRET_...}`` reference; the URL and the header names are always literal.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-from notifier.channels.base import Channel, Fields, Message, SendEnv, SendResult, register
+from notifier.channels.base import Channel, Message, SendEnv, SendResult, register
+from notifier.secrets import DEFAULT_PREFIX
 from qesmon.settings import ChannelSettings
 
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -87,15 +89,15 @@ def alertmanager_v4(message: Message, receiver: str, max_alerts: int = 0) -> dic
 class Webhook(Channel):
     name = "webhook"
     secret_fields = frozenset({"url", "headers"})
+    references: ClassVar[Mapping[str, str]] = {"headers": "a header value"}
 
     @classmethod
-    def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        f = Fields(cls.name, config)
+    def validate(
+        cls, config: Mapping[str, Any], secret_prefix: str = DEFAULT_PREFIX
+    ) -> dict[str, Any]:
+        f = cls.fields(config, secret_prefix)
         f.url("url", required=True)
-        headers = f.str_map("headers")
-        for name in headers:
-            if not name or any(c in name for c in " :\r\n"):
-                raise f.fail("headers", f"{name!r} is not a valid header name")
+        f.headers("headers")
         f.choice("format", ("alertmanager", "qesmon"), "alertmanager")
         f.number("max_alerts", 0, lo=0, hi=10000)
         f.number("timeout", 10.0, lo=0.1, hi=120)

@@ -60,9 +60,9 @@ def build(name: str, config: dict[str, Any]) -> Any:
 async def test_slack_posts_text_blocks_and_colour_and_needs_ok(
     receiver: Receiver, session: aiohttp.ClientSession
 ) -> None:
-    slack = build("slack", {"webhook_url": "${HOOK}", "username": "qes"})
+    slack = build("slack", {"webhook_url": receiver.url + "/services/T/B/x", "username": "qes"})
     msg = Message("firing", [alert(), alert(fingerprint="d", tenant="globex")], ["k1", "k2"])
-    await slack.send(msg, env(session, {"HOOK": receiver.url + "/services/T/B/x"}))
+    await slack.send(msg, env(session))
     req = receiver.requests[0]
     assert req.path == "/services/T/B/x" and req.headers["Content-Type"] == "application/json"
     body = req.json()
@@ -75,7 +75,7 @@ async def test_slack_posts_text_blocks_and_colour_and_needs_ok(
     assert body["attachments"][0]["color"] == "#d62728"
     receiver.default = Answer(200, body=b"invalid_payload")
     with pytest.raises(DeliveryError) as err:
-        await slack.send(msg, env(session, {"HOOK": receiver.url + "/x"}))
+        await slack.send(msg, env(session))
     assert not err.value.retryable
 
 
@@ -123,15 +123,17 @@ async def test_discord_429_reports_retry_after_from_the_body(
 async def test_webhook_sends_alertmanager_v4_with_custom_headers_and_idempotency_key(
     receiver: Receiver, session: aiohttp.ClientSession
 ) -> None:
-    hook = build("webhook", {"url": receiver.url + "/in", "headers": {"X-Token": "${TOK}"}})
+    hook = build(
+        "webhook", {"url": receiver.url + "/in", "headers": {"X-Token": "${QESMON_SECRET_TOK}"}}
+    )
     msg = Message(
         "resolved",
         [alert(state="resolved", resolved_at="2023-11-14T23:00:00.000Z")],
         ["k1"],
         group_key="rule_id=high_error_rate",
     )
-    await hook.send(msg, env(session, {"TOK": "sekret"}))
-    await hook.send(msg, env(session, {"TOK": "sekret"}))
+    await hook.send(msg, env(session, {"QESMON_SECRET_TOK": "sekret"}))
+    await hook.send(msg, env(session, {"QESMON_SECRET_TOK": "sekret"}))
     first, again = receiver.requests
     assert first.headers["X-Token"] == "sekret"
     assert first.headers["Idempotency-Key"] == again.headers["Idempotency-Key"]
@@ -159,14 +161,16 @@ async def test_sms_posts_twilio_form_with_basic_auth_split_at_the_limit(
         "sms",
         {
             "account_sid": "AC1",
-            "auth_token": "${TW}",
+            "auth_token": "${QESMON_SECRET_TW}",
             "from": "+15005550006",
             "to": "+4915112345678,+4915187654321",
             "api_url": receiver.url,
         },
     )
     many = [alert(fingerprint=str(i), rule_name=f"Rule number {i}") for i in range(20)]
-    result = await sms.send(Message("firing", many, ["k"]), env(session, {"TW": "tok"}))
+    result = await sms.send(
+        Message("firing", many, ["k"]), env(session, {"QESMON_SECRET_TW": "tok"})
+    )
     assert result.status == 201 and "SM42" in result.detail
     assert len(receiver.requests) == 6  # 3 parts to each of 2 numbers
     req = receiver.requests[0]
@@ -338,7 +342,7 @@ def email_config(port: int, ca_file: str | None, **over: Any) -> dict[str, Any]:
         "smtp_host": "127.0.0.1",
         "smtp_port": port,
         "username": "alerts",
-        "password": "${SMTP_PW}",
+        "password": "${QESMON_SECRET_SMTP_PW}",
         "from": "alerts@qes.example",
         "to": ["oncall@qes.example", "ops@qes.example"],
         "ca_file": ca_file,
@@ -353,7 +357,9 @@ async def test_email_goes_through_starttls_and_auth_as_text_and_html(
     inbox, port, ca_file = smtp
     mail = build("email", email_config(port, ca_file))
     evil = alert(rule_name="<script>alert(1)</script>")
-    result = await mail.send(Message("firing", [evil], ["k"]), env(session, {"SMTP_PW": "pw-123"}))
+    result = await mail.send(
+        Message("firing", [evil], ["k"]), env(session, {"QESMON_SECRET_SMTP_PW": "pw-123"})
+    )
     assert result.status == 250
     ((sender, rcpts, raw),) = inbox.messages
     assert sender == "alerts@qes.example"
@@ -374,11 +380,15 @@ async def test_email_bad_password_is_not_retried_and_refused_recipient_4xx_is(
     inbox, port, ca_file = smtp
     mail = build("email", email_config(port, ca_file))
     with pytest.raises(DeliveryError) as err:
-        await mail.send(Message("firing", [alert()], ["k"]), env(session, {"SMTP_PW": "wrong"}))
+        await mail.send(
+            Message("firing", [alert()], ["k"]), env(session, {"QESMON_SECRET_SMTP_PW": "wrong"})
+        )
     assert err.value.status == 535 and not err.value.retryable
     inbox.refuse = 451
     with pytest.raises(DeliveryError) as err:
-        await mail.send(Message("firing", [alert()], ["k"]), env(session, {"SMTP_PW": "pw-123"}))
+        await mail.send(
+            Message("firing", [alert()], ["k"]), env(session, {"QESMON_SECRET_SMTP_PW": "pw-123"})
+        )
     assert err.value.status == 451 and err.value.retryable
     assert inbox.messages == []
 
@@ -389,5 +399,7 @@ async def test_email_refuses_a_server_certificate_it_cannot_verify(
     _, port, _ = smtp
     mail = build("email", email_config(port, None))
     with pytest.raises(DeliveryError) as err:
-        await mail.send(Message("firing", [alert()], ["k"]), env(session, {"SMTP_PW": "pw-123"}))
+        await mail.send(
+            Message("firing", [alert()], ["k"]), env(session, {"QESMON_SECRET_SMTP_PW": "pw-123"})
+        )
     assert err.value.retryable and "SMTP failed" in str(err.value)

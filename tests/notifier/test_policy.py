@@ -12,10 +12,9 @@ from notifier.channels import CHANNEL_NAMES
 from notifier.delivery import RetryPolicy
 from notifier.policy import PolicyStore, load_policy
 from notifier.routing import parse_duration, parse_routing
-from notifier.secrets import mask_config, resolve, scrub
 from notifier.templating import Renderer, build_context
 from qesmon.alerts import Severity
-from qesmon.errors import ChannelError, RuleError
+from qesmon.errors import RuleError
 from tests.notifier.conftest import transition
 
 
@@ -153,22 +152,3 @@ def test_html_templates_are_autoescaped_and_the_sandbox_blocks_internals(tmp_pat
     text = sandboxed.render("slack", "firing", "md", context, "evil")
     assert text.startswith("[FIRING] <b>x</b> (critical)") and sandboxed.errors == 1
     assert sandboxed.render("email", "firing", "html", context, "evil").startswith("<pre>")
-
-
-def test_secret_references_resolve_only_when_asked_and_mask_everywhere() -> None:
-    config = {"webhook_url": "https://hooks.slack.com/services/T/B/abcdef", "username": "qes"}
-    assert mask_config(config, {"webhook_url"}) == {
-        "webhook_url": "https://hooks.slack.com/***",
-        "username": "qes",
-    }
-    assert mask_config({"auth_token": "${TW}"}, {"auth_token"}) == {"auth_token": "${TW}"}
-    assert mask_config({"routing_key": "0123456789abcdef"}, {"routing_key"}) == {
-        "routing_key": "0123***"
-    }
-    assert resolve("Bearer ${T}", "headers.Authorization", "webhook", {"T": "xyz"}) == "Bearer xyz"
-    with pytest.raises(ChannelError, match=r"\$\{NOPE\}, which is not set"):
-        resolve("${NOPE}", "auth_token", "sms", {})
-    assert (
-        scrub("POST https://h/services/T/B/abcdef failed", ["/services/T/B/abcdef"])
-        == "POST https://h*** failed"
-    )
