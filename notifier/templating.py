@@ -14,13 +14,24 @@ violation) is logged, counted in :attr:`Renderer.errors`, and replaced by
 
     renderer = Renderer([Path("templates")])
     text = renderer.render("slack", "firing", "md", context)
+
+Label values, annotations, names and ``by`` come from producers, rule files and API callers,
+so a template sees every string value of its context already escaped for its channel's
+format (:func:`escape_context`, :data:`ESCAPES`): Slack mrkdwn gets ``&``, ``<``, ``>`` as
+entities (``<!channel>``, ``<https://x|y>``, ``<@U123>`` arrive as text), Discord markdown
+gets its markup characters backslash-escaped and mentions broken with a zero-width space,
+and every channel gets control characters and line breaks as spaces (:func:`one_line`), so a
+value cannot fake extra lines or headers. The template's own text is never touched; mapping
+keys are not escaped (templates look values up by them, and label names are
+``[a-zA-Z_][a-zA-Z0-9_.-]*`` by the event contract).
 """
 
 from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +42,56 @@ log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 EVENTS = ("firing", "resolved", "escalated", "acknowledged", "test")
+
+
+# C0 and C1 controls (line breaks and tabs included), Unicode line and paragraph separators,
+# and the bidirectional overrides that make text read in another order than it is stored
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
+_SLACK = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+# Discord markdown: emphasis, code, spoilers, masked links [text](url), quotes, headings,
+# and <...> forms (mentions, channels, slash commands); a backslash makes each one text
+_DISCORD_MARKUP = re.compile(r"([\\*_~`|\[\]<>#])")
+_DISCORD_MENTION = re.compile(r"@(?=everyone\b|here\b|[!&]?[0-9])")
+
+
+def one_line(text: str) -> str:
+    """``text`` with each run of control characters, line breaks and bidi overrides as one
+    space: plain text, an SMS or a mail subject cannot be given extra lines or headers."""
+    return _CONTROL.sub(" ", text)
+
+
+def slack_mrkdwn(text: str) -> str:
+    """``text`` as literal Slack mrkdwn: ``&``, ``<`` and ``>`` as entities, so no
+    ``<!channel>``, ``<@U123>`` or ``<https://x|y>`` link can be formed."""
+    return one_line(text).translate(_SLACK)
+
+
+def discord_markdown(text: str) -> str:
+    """``text`` as literal Discord markdown: markup characters backslash-escaped, and a
+    zero-width space after the ``@`` of ``@everyone``, ``@here`` and ``<@id>`` forms."""
+    escaped = _DISCORD_MARKUP.sub(r"\\\1", one_line(text))
+    return _DISCORD_MENTION.sub("@\u200b", escaped)
+
+
+#: how a channel's templates see string values (any other channel: :func:`one_line`)
+ESCAPES: dict[str, Callable[[str], str]] = {"slack": slack_mrkdwn, "discord": discord_markdown}
+
+
+def escape_for(channel: str) -> Callable[[str], str]:
+    """The escaping of values for ``channel``'s message format."""
+    return ESCAPES.get(channel, one_line)
+
+
+def escape_context(value: Any, escape: Callable[[str], str]) -> Any:
+    """A copy of a template context with every string value passed through ``escape``
+    (mapping keys as they are; numbers, None and booleans untouched)."""
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, Mapping):
+        return {k: escape_context(v, escape) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [escape_context(v, escape) for v in value]
+    return value
 
 
 def template_event(kind: str) -> str:
@@ -102,7 +163,10 @@ class Renderer:
         context: Mapping[str, Any],
         template_set: str | None = None,
     ) -> str:
-        """Render a template, or the plain fallback (counted and logged) if it fails."""
+        """Render a template, or the plain fallback (counted and logged) if it fails.
+
+        ``context`` holds the values as they are; they are escaped here for ``channel``."""
+        context = escape_context(context, escape_for(channel))
         event = template_event(kind)
         names = [f"{channel}/{event}.{part}.j2"]
         if template_set:

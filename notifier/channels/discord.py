@@ -3,7 +3,9 @@
 Limits (over them Discord answers 400): content 2,000, embed title 256, description 4,096,
 at most 25 fields of name 256 / value 1,024, 6,000 characters over the embed. Alert text
 must never ping anyone, so ``allowed_mentions`` is ``{"parse": []}`` unless roles to mention
-are configured (``mention_role_ids``), and then only those roles may be pinged.
+are configured (``mention_role_ids``), and then only those roles may be pinged. Values are
+markdown-escaped where they enter the description and the fields (mentions broken, no
+masked links; see :mod:`notifier.templating`), and the title is one line.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from notifier.channels.base import Channel, Message, SendEnv, SendResult, register
 from notifier.channels.slack import cut
 from notifier.secrets import DEFAULT_PREFIX
+from notifier.templating import discord_markdown, one_line
 from qesmon.settings import ChannelSettings
 
 COLORS = {"critical": 0xD62728, "warning": 0xFF7F0E, "info": 0x1F77B4, "resolved": 0x2CA02C}
@@ -61,16 +64,20 @@ class Discord(Channel):
         fields = []
         for alert in message.alerts[:MAX_FIELDS]:
             value = "" if alert.get("value") is None else f"value {alert['value']:g} "
-            labels = " ".join(f"{k}={v}" for k, v in sorted(alert.get("labels", {}).items()))
+            labels = " ".join(
+                f"{k}={discord_markdown(str(v))}"
+                for k, v in sorted(alert.get("labels", {}).items())
+            )
+            name = f"{discord_markdown(str(alert['rule_name']))} [{alert['state']}]"
             fields.append(
                 {
-                    "name": cut(f"{alert['rule_name']} [{alert['state']}]", 256),
+                    "name": cut(name, 256),
                     "value": cut((value + labels).strip() or "-", 1024),
                     "inline": False,
                 }
             )
         embed: dict[str, Any] = {
-            "title": cut(context["title"], 256),
+            "title": cut(one_line(context["title"]), 256),
             "description": cut(text, 4096),
             "color": COLORS.get(severity, 0x999999),
             "fields": fields,

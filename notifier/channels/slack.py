@@ -1,7 +1,9 @@
 """Slack incoming webhook: ``POST <webhook_url>`` with ``text`` + one mrkdwn section block.
 
 Success is ``200`` with the body ``ok``. The URL is the credential, so it is a secret field.
-A section block holds at most 3,000 characters; longer text is cut with a marker.
+A section block holds at most 3,000 characters; longer text is cut with a marker. Values
+are mrkdwn-escaped where they enter the text (see :mod:`notifier.templating`), the headline
+in ``text`` and the attachment's fallback too.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 from notifier.channels.base import Channel, Message, SendEnv, SendResult, register
 from notifier.secrets import DEFAULT_PREFIX
+from notifier.templating import slack_mrkdwn
 from qesmon.settings import ChannelSettings
 
 SECTION_LIMIT = 3000
@@ -50,13 +53,14 @@ class Slack(Channel):
         context = message.context()
         text = env.renderer.render(self.name, message.kind, "md", context, message.template_set)
         severity = "resolved" if message.kind == "resolved" else context["alert"]["severity"]
+        headline = slack_mrkdwn(context["title"])
         body: dict[str, Any] = {
-            "text": cut(context["title"], TEXT_LIMIT),
+            "text": cut(headline, TEXT_LIMIT),
             "blocks": [
                 {"type": "section", "text": {"type": "mrkdwn", "text": cut(text, SECTION_LIMIT)}}
             ],
             "attachments": [
-                {"color": COLORS.get(severity, "#999999"), "fallback": cut(context["title"], 300)}
+                {"color": COLORS.get(severity, "#999999"), "fallback": cut(headline, 300)}
             ],
         }
         for key in ("username", "icon_emoji", "channel"):

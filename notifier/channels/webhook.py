@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from notifier.channels.base import Channel, Message, SendEnv, SendResult, register
 from notifier.secrets import DEFAULT_PREFIX
+from notifier.templating import one_line
 from qesmon.settings import ChannelSettings
 
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -116,7 +117,7 @@ class Webhook(Channel):
         return {
             "event": message.kind,
             "status": context["status"],
-            "title": context["title"],
+            "title": one_line(context["title"]),
             "message": env.renderer.render(
                 self.name, message.kind, "txt", context, message.template_set
             ),

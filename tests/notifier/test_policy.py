@@ -150,5 +150,5 @@ def test_html_templates_are_autoescaped_and_the_sandbox_blocks_internals(tmp_pat
     (evil / "firing.md.j2").write_text("{{ ''.__class__.__mro__[1].__subclasses__() }}")
     sandboxed = Renderer([tmp_path])
     text = sandboxed.render("slack", "firing", "md", context, "evil")
-    assert text.startswith("[FIRING] <b>x</b> (critical)") and sandboxed.errors == 1
+    assert text.startswith("[FIRING] &lt;b&gt;x&lt;/b&gt; (critical)") and sandboxed.errors == 1
     assert sandboxed.render("email", "firing", "html", context, "evil").startswith("<pre>")
