@@ -1,45 +1,80 @@
 """Who may call what: ``Authorization: Bearer <key>`` checked against the ``api_keys`` table.
 
 Each route declares a policy: ``public`` (health, the OpenAPI document), ``viewer`` (any valid
-key) or ``admin``. A tenant-scoped key is limited to its tenant: :func:`scoped_tenant` answers
-403 when such a key asks for another tenant, and gives its own tenant when none is asked for.
-Looked-up keys are remembered for ``KeyCache.ttl`` seconds (revocation takes effect within
-that time).
+key: reads), ``responder`` (acknowledge, resolve) or ``admin`` (record, configure and test
+channels); a key of a higher role may do what a lower one may. A tenant-scoped key is limited
+to its tenant: :func:`scoped_tenant` answers 403 when such a key asks for another tenant, and
+gives its own tenant when none is asked for. An unknown, revoked or expired key is 401.
+
+Looked-up keys are remembered for ``KeyCache.ttl`` seconds, so a revocation or rotation takes
+effect within that time in a running API process.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from api.keys import Principal, hash_key, lookup
+from api.keys import ROLE_RANK, Principal, hash_key, lookup
 from qesmon.errors import Forbidden, Unauthorized
 
-POLICIES = ("public", "viewer", "admin")
+POLICIES = ("public", *ROLE_RANK)
 MAX_KEY_LEN = 200
 
 
 @dataclass
 class KeyCache:
-    """Recent key look-ups by SHA-256 (unknown keys too, so guessing costs no DB query)."""
+    """Recent key look-ups by SHA-256 of the key: a bounded LRU of valid keys, and a separate
+    bounded cache of unknown ones.
+
+    Unknown keys are remembered too, so repeating a wrong key costs no DB query; they are
+    kept apart, so a spray of random keys can only push out other unknown keys, never a
+    valid key that is in use::
+
+        cache = KeyCache(ttl=10.0)
+        known, principal = cache.get(digest)   # (False, None) when not cached or stale
+        cache.put(digest, principal)           # None for an unknown key
+    """
 
     ttl: float = 10.0
     max_entries: int = 10_000
-    entries: dict[str, tuple[float, Principal | None]] = field(default_factory=dict)
+    max_misses: int = 10_000
+    hits: OrderedDict[str, tuple[float, Principal]] = field(default_factory=OrderedDict)
+    misses: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     def get(self, digest: str) -> tuple[bool, Principal | None]:
-        found = self.entries.get(digest)
-        if found is None or found[0] < time.monotonic():
-            return False, None
-        return True, found[1]
+        now = time.monotonic()
+        hit = self.hits.get(digest)
+        if hit is not None:
+            if hit[0] >= now and not hit[1].expired(time.time()):
+                self.hits.move_to_end(digest)
+                return True, hit[1]
+            del self.hits[digest]
+        miss = self.misses.get(digest)
+        if miss is not None:
+            if miss >= now:
+                return True, None
+            del self.misses[digest]
+        return False, None
 
     def put(self, digest: str, principal: Principal | None) -> None:
-        if len(self.entries) >= self.max_entries:
-            self.entries.clear()
-        self.entries[digest] = (time.monotonic() + self.ttl, principal)
+        until = time.monotonic() + self.ttl
+        if principal is None:
+            self.hits.pop(digest, None)
+            self.misses[digest] = until
+            self.misses.move_to_end(digest)
+            while len(self.misses) > self.max_misses:
+                self.misses.popitem(last=False)
+        else:
+            self.misses.pop(digest, None)
+            self.hits[digest] = (until, principal)
+            self.hits.move_to_end(digest)
+            while len(self.hits) > self.max_entries:
+                self.hits.popitem(last=False)
 
 
 def bearer(header: str | None) -> str:
@@ -67,13 +102,16 @@ async def authenticate(
             principal = await lookup(conn, key)
         cache.put(digest, principal)
     if principal is None:
-        raise Unauthorized("API key is not valid (unknown or revoked)", "invalid_api_key")
+        raise Unauthorized("API key is not valid (unknown, revoked or expired)", "invalid_api_key")
     return principal
 
 
 def authorize(principal: Principal, policy: str) -> None:
-    if policy == "admin" and not principal.is_admin:
-        raise Forbidden("this endpoint needs an admin API key", "admin_required")
+    """Refuse (403) a key whose role is below the route's policy."""
+    if policy == "public" or principal.has_role(policy):
+        return
+    needed = "an admin" if policy == "admin" else f"a {policy} or admin"
+    raise Forbidden(f"this endpoint needs {needed} API key", f"{policy}_required")
 
 
 def scoped_tenant(principal: Principal | None, requested: str | None) -> str | None:

@@ -78,7 +78,7 @@ ALERT_ID = {
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Invalid parameter or body (the message names it)",
-        401: "Missing or invalid API key",
+        401: "Missing, unknown, revoked or expired API key",
         403: "Key lacks the role or tenant",
         404: "No such alert",
         413: "Body larger than 1 MiB",
@@ -366,6 +366,7 @@ HEALTH_OP = {
     },
 }
 ALERT_ACTION = {
+    "x-required-role": "responder",
     "parameters": [ALERT_ID],
     "responses": {**_ok(OBJ, "The alert after the action"), **_errors(400, 401, 403, 404, 503)},
 }
@@ -374,6 +375,7 @@ PATHS: dict[str, dict[str, Any]] = {
     f"{P}/dashboard": {
         "get": {
             "summary": "The dashboard: revenue, usage, activity, performance, alerts, advice",
+            "x-required-role": "viewer",
             "parameters": [DAYS_7, TENANT],
             "responses": {**_ok(DASHBOARD, "Dashboard"), **_errors(400, 401, 403, 503)},
         }
@@ -382,6 +384,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "summary": "Revenue by plan and currency with forecast; DAU/WAU/MAU, retention; "
             "feature adoption",
+            "x-required-role": "viewer",
             "parameters": [DAYS_30, TENANT],
             "responses": {**_ok(BUSINESS, "Business intelligence"), **_errors(400, 401, 403, 503)},
         }
@@ -389,6 +392,7 @@ PATHS: dict[str, dict[str, Any]] = {
     f"{P}/performance": {
         "get": {
             "summary": "Latency percentiles, error rate, throughput, slow endpoints, resources",
+            "x-required-role": "viewer",
             "parameters": [HOURS, TENANT],
             "responses": {**_ok(PERFORMANCE, "Performance"), **_errors(400, 401, 403, 503)},
         }
@@ -396,6 +400,7 @@ PATHS: dict[str, dict[str, Any]] = {
     f"{P}/record": {
         "post": {
             "summary": "Record one event through the metrics stream (admin)",
+            "x-required-role": "admin",
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": RECORD_BODY}},
@@ -414,6 +419,7 @@ PATHS: dict[str, dict[str, Any]] = {
     f"{P}/alerts": {
         "get": {
             "summary": "Alerts, most severe and newest first",
+            "x-required-role": "viewer",
             "parameters": [
                 _q("active_only", {"type": "boolean", "default": True}, "Only open alerts"),
                 TENANT,
@@ -440,14 +446,18 @@ PATHS: dict[str, dict[str, Any]] = {
         }
     },
     f"{P}/alerts/{{alert_id}}/acknowledge": {
-        "post": {"summary": "Acknowledge an alert (stops its escalation)", **ALERT_ACTION}
+        "post": {
+            "summary": "Acknowledge an alert (stops its escalation; responder or admin)",
+            **ALERT_ACTION,
+        }
     },
     f"{P}/alerts/{{alert_id}}/resolve": {
-        "post": {"summary": "Resolve an alert by hand", **ALERT_ACTION}
+        "post": {"summary": "Resolve an alert by hand (responder or admin)", **ALERT_ACTION}
     },
     f"{P}/alerts/configure": {
         "post": {
             "summary": "Configure a notification channel (admin); secrets are never returned",
+            "x-required-role": "admin",
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": CONFIGURE_BODY}},
@@ -461,6 +471,7 @@ PATHS: dict[str, dict[str, Any]] = {
     f"{P}/alerts/test": {
         "post": {
             "summary": "Send a real test message through a channel (admin)",
+            "x-required-role": "admin",
             "parameters": [
                 {
                     "name": "channel",
@@ -490,7 +501,8 @@ def document() -> dict[str, Any]:
             "title": "qes-monitoring API",
             "version": "1",
             "description": "Metrics, analytics and alerts of the QES platform. "
-            "Send 'Authorization: Bearer <key>' (qesmon keys create).",
+            "Send 'Authorization: Bearer <key>' (qesmon keys create). Each operation's "
+            "x-required-role is the least role it needs: viewer < responder < admin.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],

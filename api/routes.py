@@ -1,7 +1,8 @@
 """The route table and its handlers: thin glue between HTTP, auth, validation and the reports.
 
 :data:`ROUTES` is the single list of (method, path, handler, policy); ``api/openapi.py``
-documents exactly these (a test checks both ways).
+documents exactly these, each operation's policy as ``x-required-role`` (a test checks both
+ways). A policy is ``public`` or the least role a key needs (:data:`api.auth.POLICIES`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from api import alerts as alert_store
-from api import business, dashboard, health, params, performance
+from api import audit, business, dashboard, health, params, performance
 from api.auth import authenticate, authorize, scoped_tenant
 from api.keys import Principal
 from api.openapi import document
@@ -45,6 +46,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _principal(request: web.Request) -> Principal | None:
     return request.get(PRINCIPAL)
+
+
+def _caller(request: web.Request) -> Principal:
+    """The principal of a route that needs a key (set by the guard)."""
+    return request[PRINCIPAL]
 
 
 def _guard(handler: Handler, policy: str) -> Handler:
@@ -244,8 +250,7 @@ async def get_alerts(request: web.Request) -> web.StreamResponse:
 async def _alert_for_action(request: web.Request) -> tuple[int, Principal]:
     params.only_known(request.query, ())
     alert_id = params.path_id(request.match_info["alert_id"], "alert_id")
-    principal = _principal(request)
-    assert principal is not None
+    principal = _caller(request)
     async with request.app[POOL].connection() as conn:
         owner = await alert_store.alert_tenant(conn, alert_id)
     if owner is None or (principal.tenant is not None and owner != principal.tenant):
@@ -256,14 +261,18 @@ async def _alert_for_action(request: web.Request) -> tuple[int, Principal]:
 async def post_acknowledge(request: web.Request) -> web.StreamResponse:
     alert_id, principal = await _alert_for_action(request)
     app = request.app
-    result = await actions.acknowledge_alert(app[POOL], app[SETTINGS], alert_id, principal.label)
+    result = await actions.acknowledge_alert(
+        app[POOL], app[SETTINGS], alert_id, principal.label, who=principal.who
+    )
     return _json(result)
 
 
 async def post_resolve(request: web.Request) -> web.StreamResponse:
     alert_id, principal = await _alert_for_action(request)
     app = request.app
-    result = await actions.resolve_alert(app[POOL], app[SETTINGS], alert_id, principal.label)
+    result = await actions.resolve_alert(
+        app[POOL], app[SETTINGS], alert_id, principal.label, who=principal.who
+    )
     return _json(result)
 
 
@@ -287,6 +296,7 @@ async def post_configure(request: web.Request) -> web.StreamResponse:
         raise BadRequest("config: expected a JSON object", "invalid_body")
     app = request.app
     result = await actions.configure_channel(app[POOL], app[SETTINGS], channel, enabled, config)
+    await audit.record(app[POOL], _caller(request), "configure", channel, {"enabled": enabled})
     return _json(result)
 
 
@@ -298,6 +308,7 @@ async def post_test(request: web.Request) -> web.StreamResponse:
         raise BadRequest("channel: required, e.g. ?channel=slack", "invalid_parameter")
     app = request.app
     result = await actions.send_test(app[POOL], app[SETTINGS], app[HTTP], channel)
+    await audit.record(app[POOL], _caller(request), "test", channel, {"ok": result["ok"]})
     return _json(result)
 
 
@@ -316,8 +327,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", f"{PREFIX}/health", health_check, "public"),
     Route("POST", f"{PREFIX}/health", health_check, "public"),
     Route("GET", f"{PREFIX}/alerts", get_alerts, "viewer"),
-    Route("POST", f"{PREFIX}/alerts/{{alert_id}}/acknowledge", post_acknowledge, "viewer"),
-    Route("POST", f"{PREFIX}/alerts/{{alert_id}}/resolve", post_resolve, "viewer"),
+    Route("POST", f"{PREFIX}/alerts/{{alert_id}}/acknowledge", post_acknowledge, "responder"),
+    Route("POST", f"{PREFIX}/alerts/{{alert_id}}/resolve", post_resolve, "responder"),
     Route("POST", f"{PREFIX}/alerts/configure", post_configure, "admin"),
     Route("POST", f"{PREFIX}/alerts/test", post_test, "admin"),
     Route("GET", "/api/v1/openapi.json", get_openapi, "public"),

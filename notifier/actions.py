@@ -49,12 +49,15 @@ async def acknowledge_alert(
     by: str,
     *,
     clock: Clock | None = None,
+    who: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Acknowledge alert ``alert_id`` on behalf of ``by``.
 
-    Sets ``acknowledged_at``/``acknowledged_by`` (the first ack wins; acking again is a
-    no-op), cancels the escalation levels and repeat notices not yet sent, and queues an
-    acknowledged notice to the channels that were told (PagerDuty gets
+    Sets ``acknowledged_at``/``acknowledged_by`` and records an ``alert_events`` row
+    (``to_state`` ``acknowledged``, details ``{"by", **who}``, ``who`` being the API key's
+    id and name); the first ack wins, acking again is a no-op. Cancels the escalation
+    levels and repeat notices not yet sent, and queues an acknowledged notice to the
+    channels that were told (PagerDuty gets
     ``event_action: acknowledge`` for the same ``dedup_key``; SMS and Alertmanager get
     nothing). Returns ``{"id", "fingerprint", "rule_id", "state", "acknowledged_at",
     "acknowledged_by", "resolved_at", "escalation_stopped", "notified"}``.
@@ -63,7 +66,9 @@ async def acknowledge_alert(
     now = (clock or SystemClock()).now()
     available = enabled(await load_configs(pool, settings))
     async with pool.connection() as conn, conn.transaction():
-        summary, _ = await store.acknowledge(conn, alert_id, by, now=now, available=available)
+        summary, _ = await store.acknowledge(
+            conn, alert_id, by, now=now, available=available, who=who
+        )
     return summary
 
 
@@ -74,18 +79,21 @@ async def resolve_alert(
     by: str,
     *,
     clock: Clock | None = None,
+    who: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Resolve alert ``alert_id`` by hand on behalf of ``by``.
 
     Sets the alert ``resolved`` (and records an ``alert_events`` row with
-    ``{"manual": true, "by": ...}``), stops escalation and repeats, and queues resolved
+    ``{"manual": true, "by": ..., **who}``), stops escalation and repeats, and queues resolved
     notices to every channel that was told. Resolving twice sends nothing new. Returns the
     same shape as :func:`acknowledge_alert`; raises UnknownAlert when there is no such alert.
     """
     now = (clock or SystemClock()).now()
     available = enabled(await load_configs(pool, settings))
     async with pool.connection() as conn, conn.transaction():
-        summary, _ = await store.manual_resolve(conn, alert_id, by, now=now, available=available)
+        summary, _ = await store.manual_resolve(
+            conn, alert_id, by, now=now, available=available, who=who
+        )
     return summary
 
 

@@ -141,12 +141,14 @@ class AlertChange:
     ``acknowledge``: the first acknowledgement (``at``, ``by``). ``resolve``: a resolved
     transition (``resolved_at`` kept when set, nothing done when already resolved).
     ``resolve_by_hand``: a manual resolve, recorded in ``alert_events`` with ``by`` and the
-    ``from_state`` it left."""
+    ``from_state`` it left. ``who`` says who did an acknowledge or a manual resolve (the API
+    key's id and name), recorded with it in ``alert_events``."""
 
     action: str  # acknowledge | resolve | resolve_by_hand
     at: float
     by: str = ""
     from_state: str = ""
+    who: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -220,6 +220,20 @@ async def _change_alert(conn: Conn, alert: Alert, change: decide.AlertChange, no
             " updated_at = %s WHERE id = %s",
             (at, change.by, at, alert.id),
         )
+        # the alert's history says who acknowledged it, next to its state changes
+        await conn.execute(
+            "INSERT INTO alert_events (alert_id, fingerprint, from_state, to_state, at, value,"
+            " details) VALUES (%s, %s, %s, 'acknowledged', %s, %s, %s)"
+            " ON CONFLICT DO NOTHING",
+            (
+                alert.id,
+                alert.fingerprint,
+                alert.state,
+                at,
+                alert.value,
+                Jsonb({"by": change.by, **(change.who or {})}),
+            ),
+        )
     elif change.action == "resolve":
         await conn.execute(
             "UPDATE alerts SET state = 'resolved', resolved_at = coalesce(resolved_at, %s),"
@@ -241,7 +255,7 @@ async def _change_alert(conn: Conn, alert: Alert, change: decide.AlertChange, no
                 change.from_state,
                 at,
                 alert.value,
-                Jsonb({"manual": True, "by": change.by}),
+                Jsonb({"manual": True, "by": change.by, **(change.who or {})}),
             ),
         )
     else:
@@ -369,9 +383,16 @@ async def fire_due_timers(
 
 
 async def acknowledge(
-    conn: Conn, alert_id: int, by: str, *, now: float, available: Collection[str]
+    conn: Conn,
+    alert_id: int,
+    by: str,
+    *,
+    now: float,
+    available: Collection[str],
+    who: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Plan]:
-    """Mark an alert acknowledged, stop its timers, queue acknowledged notices.
+    """Mark an alert acknowledged, stop its timers, queue acknowledged notices; the first
+    acknowledgement is recorded in ``alert_events`` with ``by`` and ``who``.
 
     Raises :class:`UnknownAlert` when there is no such alert."""
     alert = await _alert_by_id(conn, alert_id, lock=True)
@@ -379,16 +400,22 @@ async def acknowledge(
         raise UnknownAlert(alert_id)
     pending = await _pending_timers(conn, alert_id)
     episode = await _episode(conn, alert_id)
-    plan = await apply(
-        conn, decide.acknowledge(alert, pending, episode, by, available, now=now), now=now
-    )
+    plan = _with_who(decide.acknowledge(alert, pending, episode, by, available, now=now), who)
+    plan = await apply(conn, plan, now=now)
     return _summary(plan), plan
 
 
 async def manual_resolve(
-    conn: Conn, alert_id: int, by: str, *, now: float, available: Collection[str]
+    conn: Conn,
+    alert_id: int,
+    by: str,
+    *,
+    now: float,
+    available: Collection[str],
+    who: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Plan]:
-    """Resolve an alert by hand: state, an alert event, and resolved notices.
+    """Resolve an alert by hand: state, an alert event (with ``by`` and ``who``), and
+    resolved notices.
 
     Raises :class:`UnknownAlert` when there is no such alert."""
     alert = await _alert_by_id(conn, alert_id, lock=True)
@@ -396,10 +423,16 @@ async def manual_resolve(
         raise UnknownAlert(alert_id)
     pending = await _pending_timers(conn, alert_id)
     episode = await _episode(conn, alert_id)
-    plan = await apply(
-        conn, decide.manual_resolve(alert, pending, episode, by, available, now=now), now=now
-    )
+    plan = _with_who(decide.manual_resolve(alert, pending, episode, by, available, now=now), who)
+    plan = await apply(conn, plan, now=now)
     return _summary(plan), plan
+
+
+def _with_who(plan: Plan, who: Mapping[str, Any] | None) -> Plan:
+    """The plan with ``who`` attached to its alert change, to be recorded with it."""
+    if not who or plan.alert_change is None:
+        return plan
+    return replace(plan, alert_change=replace(plan.alert_change, who=dict(who)))
 
 
 def _summary(plan: Plan) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from qesmon.settings import Settings
 
 TABLES = (
     "series, metric_rollups, alerts, alert_events, deliveries, channel_configs, api_keys,"
-    " notifier_seen_transitions, notifier_outbox, notifier_episodes, notifier_timers"
+    " notifier_seen_transitions, notifier_outbox, notifier_episodes, notifier_timers, audit_log"
 )
 
 

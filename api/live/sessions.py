@@ -18,7 +18,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from api.auth import KeyCache, authenticate
-from api.keys import Principal
+from api.keys import Principal, lookup_id
 from api.live.hub import LIVE_HUB
 from api.resources import KEY_CACHE, POOL
 from qesmon.errors import Unauthorized
@@ -52,17 +52,12 @@ async def _principal_by_id(
     known, principal = cache.get(cache_key)
     if not known:
         async with pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT id, name, role, tenant_id FROM api_keys "
-                "WHERE id = %s AND revoked_at IS NULL",
-                (key_id,),
-            )
-            row = await cur.fetchone()
-        principal = None if row is None else Principal(int(row[0]), row[1], row[2], row[3])
+            principal = await lookup_id(conn, key_id)
         cache.put(cache_key, principal)
     if principal is None:
         raise Unauthorized(
-            "the API key of this session was revoked; log in again", "session_invalid"
+            "the API key of this session was revoked or has expired; log in again",
+            "session_invalid",
         )
     return principal
 

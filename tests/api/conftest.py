@@ -72,6 +72,8 @@ class Keys:
     viewer: str
     tenant_a: str
     tenant_b_admin: str
+    responder: str
+    tenant_a_responder: str
 
 
 @pytest.fixture
@@ -81,6 +83,8 @@ def keys(db: psycopg.Connection[Any]) -> Keys:
         viewer=create_key_sync(db, role="viewer"),
         tenant_a=create_key_sync(db, role="viewer", tenant="tenant-a"),
         tenant_b_admin=create_key_sync(db, role="admin", tenant="tenant-b"),
+        responder=create_key_sync(db, role="responder", name="on call"),
+        tenant_a_responder=create_key_sync(db, role="responder", tenant="tenant-a"),
     )
 
 

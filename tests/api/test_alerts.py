@@ -40,7 +40,7 @@ async def test_acknowledge_and_resolve_change_the_alert_and_record_who(
     client: TestClient[Any, Any], keys: Keys, db: psycopg.Connection[Any]
 ) -> None:
     alert = _insert_alert(db, "tenant-a", "firing", "critical")
-    resp = await client.post(f"{P}/{alert}/acknowledge", headers=auth(keys.tenant_a))
+    resp = await client.post(f"{P}/{alert}/acknowledge", headers=auth(keys.tenant_a_responder))
     assert resp.status == 200, await resp.text()
     body = await resp.json()
     assert body["id"] == alert and body["acknowledged_by"].startswith("key:")
@@ -49,7 +49,7 @@ async def test_acknowledge_and_resolve_change_the_alert_and_record_who(
         (alert,),
     ).fetchone()
     assert row is not None and row[0] and row[2] == "firing"
-    resp = await client.post(f"{P}/{alert}/resolve", headers=auth(keys.viewer))
+    resp = await client.post(f"{P}/{alert}/resolve", headers=auth(keys.responder))
     assert resp.status == 200, await resp.text()
     state = db.execute("SELECT state FROM alerts WHERE id = %s", (alert,)).fetchone()
     assert state == ("resolved",)
@@ -61,7 +61,7 @@ async def test_acting_on_a_missing_or_foreign_alert_is_404(
     foreign = _insert_alert(db, "tenant-b", "firing", "warning")
     for path, key in (
         (f"{P}/999999/acknowledge", keys.admin),
-        (f"{P}/{foreign}/resolve", keys.tenant_a),
+        (f"{P}/{foreign}/resolve", keys.tenant_a_responder),
     ):
         resp = await client.post(path, headers=auth(key))
         assert resp.status == 404

@@ -40,6 +40,16 @@ def test_public_routes_are_documented_as_needing_no_security() -> None:
             assert "401" in op["responses"] and "403" in op["responses"], route.path
 
 
+def test_each_operation_documents_the_role_its_route_needs_and_no_other() -> None:
+    doc = document()
+    documented = {
+        (method, path): op.get("x-required-role", "public")
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+    }
+    assert documented == {(r.method.lower(), r.path): r.policy for r in ROUTES}
+
+
 async def test_the_document_is_served(client: TestClient[Any, Any]) -> None:
     resp = await client.get("/api/v1/openapi.json")
     assert await resp.json() == document()
