@@ -1,9 +1,9 @@
 """``qesmon``: the one command line entry point.
 
 Subcommands: ``up`` (everything, in the foreground, each process supervised and restarted
-when it exits: :mod:`cli.supervisor`), ``pipeline``, ``notifier``, ``api``,
-``migrate``, ``rules check``, ``keys create``, ``demo``. This is the only module that reads
-the environment; each subcommand's implementation lives in its own package and receives a
+when it exits: :mod:`cli.supervisor`), ``pipeline``, ``notifier``, ``api``, ``migrate``,
+``rules check``, ``keys create|list|revoke|rotate``, ``demo``. This is the only module that
+reads the environment; each subcommand's implementation lives in its own package and receives a
 :class:`~qesmon.settings.Settings`. The console script ``qesmon`` and ``python -m cli`` both
 run :func:`main`.
 """
@@ -61,9 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="API key tools")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = keys_sub.add_parser("create", help="create an API key and print it once")
-    create.add_argument("--role", choices=("admin", "viewer"), required=True)
+    create.add_argument("--role", choices=("admin", "responder", "viewer"), required=True)
     create.add_argument("--tenant", default=None, help="restrict the key to one tenant")
     create.add_argument("--name", default="", help="a note saying who the key is for")
+    create.add_argument(
+        "--expires", type=_duration, default=None, help="lifetime such as 90d, 12h or 2w"
+    )
+    keys_sub.add_parser("list", help="list keys (id, prefix, role, tenant, status; no secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key (refused within 10 s)")
+    revoke.add_argument("id", type=int)
+    rotate = keys_sub.add_parser("rotate", help="give a key a new secret and print it once")
+    rotate.add_argument("id", type=int)
 
     demo = sub.add_parser("demo", help="push synthetic QES platform traffic")
     demo.add_argument("--rate", type=float, default=200.0, help="events per second")
@@ -104,6 +112,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _duration(text: str) -> object:
+    from api.keys import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from api import keys
+
+    action = args.keys_command
+    if action == "create":
+        return keys.create_key_cli(
+            settings, role=args.role, tenant=args.tenant, name=args.name, expires_in=args.expires
+        )
+    if action == "list":
+        return keys.list_keys_cli(settings)
+    if action == "revoke":
+        return keys.revoke_key_cli(settings, args.id)
+    if action == "rotate":
+        return keys.rotate_key_cli(settings, args.id)
+    raise AssertionError(action)
+
+
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     command = args.command
     if command != "rules":
@@ -133,9 +167,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return rules_check(args.paths or [settings.rules_dir])
     if command == "keys":
-        from api.keys import create_key_cli
-
-        return create_key_cli(settings, role=args.role, tenant=args.tenant, name=args.name)
+        return _keys(settings, args)
     if command == "demo":
         from cli.demo import main as demo_main
 
