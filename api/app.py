@@ -1,7 +1,7 @@
 """The aiohttp application: app factory, error middleware and ``main``; the top of ``api/``.
 
 Shared resources live under typed :class:`aiohttp.web.AppKey`s, each created and closed in one
-``cleanup_ctx`` generator (:mod:`api.resources`): the TimescaleDB pool, the Redis client, the
+``cleanup_ctx`` generator (:mod:`api.resources`): the TimescaleDB pools, the Redis client, the
 outbound HTTP session, the report cache, and the psutil resource monitor; the exporter's
 snapshot refresher (:mod:`api.exporter`) and the live hub (:mod:`api.live`) keep theirs beside
 them. This module assembles them and imports the rest of the package; nothing in it imports
@@ -39,6 +39,7 @@ from api.resources import (
     monitor_ctx,
     pool_ctx,
     redis_ctx,
+    report_pool_ctx,
     reports_ctx,
 )
 from api.routes import add_routes, dashboard_document
@@ -131,7 +132,9 @@ def create_app(settings: Settings, *, monitor: bool | None = None) -> web.Applic
     app[SETTINGS] = settings
     app[HOUR_CACHE] = HourCache(settle_seconds=settings.pipeline.allowed_lateness + 120.0)
     app[KEY_CACHE] = KeyCache()
-    app.cleanup_ctx.extend([pool_ctx, redis_ctx, http_ctx, reports_ctx, exporter_ctx])
+    app.cleanup_ctx.extend(
+        [pool_ctx, report_pool_ctx, redis_ctx, http_ctx, reports_ctx, exporter_ctx]
+    )
     if settings.api.resource_monitor if monitor is None else monitor:
         app.cleanup_ctx.append(monitor_ctx)
     app.cleanup_ctx.append(live_ctx)

@@ -20,7 +20,16 @@ from api import audit, business, dashboard, health, params, performance
 from api.auth import authenticate, authorize, scoped_tenant
 from api.keys import Principal
 from api.openapi import document
-from api.resources import HOUR_CACHE, HTTP, KEY_CACHE, POOL, REDIS, REPORT_CACHE, SETTINGS
+from api.resources import (
+    HOUR_CACHE,
+    HTTP,
+    KEY_CACHE,
+    POOL,
+    REDIS,
+    REPORT_CACHE,
+    SETTINGS,
+    report_connection,
+)
 from notifier import actions
 from qesmon.contract import parse_entry
 from qesmon.encode import encode_event
@@ -151,10 +160,11 @@ async def _report(
     key: tuple[Any, ...],
     build: Callable[[Any], Awaitable[dict[str, Any]]],
 ) -> bytes:
-    """A report as JSON bytes from the report cache, built on a pooled connection when missing."""
+    """A report as JSON bytes from the report cache, built when missing on a connection of
+    the report pool, whose statement timeout bounds each query (504 past it)."""
 
     async def compute() -> bytes:
-        async with app[POOL].connection() as conn:
+        async with report_connection(app) as conn:
             return orjson.dumps(await build(conn))
 
     return await app[REPORT_CACHE].get(key, compute)

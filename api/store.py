@@ -18,9 +18,11 @@ closed hours are cached in memory (:class:`HourCache`), keyed by their row count
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -394,6 +396,13 @@ async def _fetch_sketches(
 
 MERGE_SLICE = 200
 
+#: where large sketch merges run: the reports set their own small executor
+#: (:func:`api.resources.report_connection`), so that eight cold reports cannot fill the
+#: default executor that ``/health`` and the exporter use; None is the loop's default one
+MERGE_EXECUTOR: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
+    "merge_executor", default=None
+)
+
 
 async def _merge_rows(
     rows: Sequence[tuple[Any, ...]],
@@ -409,7 +418,8 @@ async def _merge_rows(
     if len(rows) <= MERGE_SLICE:
         _merge_slice(rows, n, step, out)
         return
-    await asyncio.to_thread(_merge_slice, rows, n, step, out)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(MERGE_EXECUTOR.get(), _merge_slice, rows, n, step, out)
 
 
 def _merge_slice(

@@ -184,6 +184,8 @@ def main() -> int:
             "API_PORT": str(api_port),
             "PROMETHEUS_METRICS_PORT": str(free_port()),
             "RESOURCE_MONITOR": "false",
+            # every subscriber uses the one bench key
+            "API_LIVE_STREAMS_PER_KEY": str(args.subscribers + 10),
             "WATERMARK_WAIT_SECONDS": "1",
             "LOG_LEVEL": "WARNING",
         }

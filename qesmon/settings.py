@@ -236,6 +236,12 @@ class ApiSettings:
         "RESOURCE_MONITORING_INTERVAL", 30.0, finite, check=above(0)
     )
     resource_monitor: bool = setting("RESOURCE_MONITOR", True, boolean)
+    #: a report's SQL statement running longer is cancelled (the request answers 504)
+    report_statement_timeout: float = setting(
+        "API_REPORT_STATEMENT_TIMEOUT_SECONDS", 30.0, finite, check=above(0)
+    )
+    #: live streams (SSE) one API key may hold open at once per API process (429 beyond)
+    live_streams_per_key: int = setting("API_LIVE_STREAMS_PER_KEY", 10, int, check=at_least(1))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,7 +40,9 @@ EventSource, so the page posts the key once to ``POST /live/session``, which ans
 HttpOnly, SameSite=Strict cookie holding a signed, expiring session token (key id + expiry,
 HMAC-SHA256 with a secret kept in Redis so that every API process and a restarted one accept
 it). The key itself never appears in a URL, a cookie or a log. Each stream request checks the
-key behind the token again (a revoked key loses the page within ``KeyCache.ttl``).
+key behind the token again (a revoked key loses the page within ``KeyCache.ttl``). One key holds
+at most ``API_LIVE_STREAMS_PER_KEY`` streams at once per process, cookie and header alike; one
+more is refused with 429 ``too_many_streams`` (:class:`~api.live.hub.TooManyStreams`).
 
 Modules, one idea each: :mod:`.state` (what the hub holds and the snapshot read from it,
 pure), :mod:`.hub` (the Redis subscription and the fan-out, one per process),
@@ -55,6 +57,7 @@ from api.live.hub import (
     LiveConfig,
     LiveHub,
     Subscriber,
+    TooManyStreams,
     live_ctx,
     live_shutdown,
     sse,
@@ -73,6 +76,7 @@ __all__ = [
     "LiveHub",
     "LiveState",
     "Subscriber",
+    "TooManyStreams",
     "add_live_routes",
     "live_ctx",
     "live_principal",

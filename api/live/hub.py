@@ -3,6 +3,8 @@
 It follows the pipeline's ``<prefix>:live`` channel and the alerts (stream and table), keeps
 them in a :class:`~api.live.state.LiveState`, and every ``tick`` queues one encoded snapshot
 per distinct filter for its subscribers; a subscriber whose queue is full is disconnected.
+One API key holds at most ``API_LIVE_STREAMS_PER_KEY`` streams at once per process (a new one
+beyond is refused with 429), so one client cannot take every subscriber slot and queue.
 :func:`live_ctx` starts it with the app.
 """
 
@@ -30,7 +32,7 @@ from api import store
 from api.live.state import LiveFilter, LiveState, utc_day_start
 from api.resources import POOL, REDIS, SETTINGS, stop_task
 from qesmon.alerts import AlertTransition
-from qesmon.errors import ContractError, Unauthorized
+from qesmon.errors import ApiError, ContractError, Unauthorized
 from qesmon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,13 +66,28 @@ def sse(event: str, data: Any) -> bytes:
 _CLOSE = b""
 
 
-class Subscriber:
-    """One open stream: its filter and its bounded queue of encoded SSE messages."""
+class TooManyStreams(ApiError):
+    """The API key already holds as many live streams as it may (``API_LIVE_STREAMS_PER_KEY``)."""
 
-    def __init__(self, flt: LiveFilter, queue_size: int, transport: asyncio.BaseTransport | None):
+    status = 429
+    code = "too_many_streams"
+
+
+class Subscriber:
+    """One open stream: its filter, the key that opened it and its bounded queue of encoded
+    SSE messages."""
+
+    def __init__(
+        self,
+        flt: LiveFilter,
+        queue_size: int,
+        transport: asyncio.BaseTransport | None,
+        key_id: int | None = None,
+    ):
         self.filter = flt
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
         self.transport = transport
+        self.key_id = key_id
         self.dropped = False
 
 
@@ -100,6 +117,8 @@ class LiveHub:
         self.stop = asyncio.Event()
         self.connected = False
         self.dropped_total = 0
+        #: streams refused because their key held too many
+        self.refused_total = 0
         #: alert entries that did not parse (skipped)
         self.skipped_alerts = 0
         self._skip_logged_at = -SKIP_LOG_EVERY
@@ -140,8 +159,24 @@ class LiveHub:
             except Exception:
                 log.exception("live task %s failed", task.get_name())
 
-    def subscribe(self, flt: LiveFilter, transport: asyncio.BaseTransport | None) -> Subscriber:
-        sub = Subscriber(flt, self.config.queue_size, transport)
+    def subscribe(
+        self,
+        flt: LiveFilter,
+        transport: asyncio.BaseTransport | None,
+        key_id: int | None = None,
+    ) -> Subscriber:
+        """A new subscriber for ``key_id``'s stream; TooManyStreams when that key already
+        holds ``API_LIVE_STREAMS_PER_KEY`` of them (a stream leaving frees its slot at once)."""
+        limit = self.settings.api.live_streams_per_key
+        if key_id is not None:
+            held = sum(1 for sub in self.subscribers if sub.key_id == key_id)
+            if held >= limit:
+                self.refused_total += 1
+                raise TooManyStreams(
+                    f"this API key already has {held} live streams open (at most {limit}, "
+                    "API_LIVE_STREAMS_PER_KEY); close one first"
+                )
+        sub = Subscriber(flt, self.config.queue_size, transport, key_id)
         self.subscribers.add(sub)
         return sub
 

@@ -97,16 +97,17 @@ async def get_stream(request: web.Request) -> web.StreamResponse:
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.send_buffer)
         transport.set_write_buffer_limits(high=config.send_buffer)
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await response.prepare(request)
-    sub = hub.subscribe(flt, transport)
+    # before the answer starts, so that a key over its limit gets a JSON 429
+    sub = hub.subscribe(flt, transport, principal.key_id)
     try:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
         await response.write(hub.greeting(flt, time.time()))
         while not sub.dropped:
             try:
