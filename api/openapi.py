@@ -82,7 +82,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         403: "Key lacks the role or tenant",
         404: "No such alert",
         413: "Body larger than 1 MiB",
-        503: "Database or Redis unavailable",
+        503: "Database or Redis unavailable, or every report connection busy (reports_busy)",
+        504: "The report's query ran past API_REPORT_STATEMENT_TIMEOUT_SECONDS (report_timeout)",
     }
     return {
         str(c): {
@@ -377,7 +378,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "The dashboard: revenue, usage, activity, performance, alerts, advice",
             "x-required-role": "viewer",
             "parameters": [DAYS_7, TENANT],
-            "responses": {**_ok(DASHBOARD, "Dashboard"), **_errors(400, 401, 403, 503)},
+            "responses": {**_ok(DASHBOARD, "Dashboard"), **_errors(400, 401, 403, 503, 504)},
         }
     },
     f"{P}/business-intelligence": {
@@ -386,7 +387,10 @@ PATHS: dict[str, dict[str, Any]] = {
             "feature adoption",
             "x-required-role": "viewer",
             "parameters": [DAYS_30, TENANT],
-            "responses": {**_ok(BUSINESS, "Business intelligence"), **_errors(400, 401, 403, 503)},
+            "responses": {
+                **_ok(BUSINESS, "Business intelligence"),
+                **_errors(400, 401, 403, 503, 504),
+            },
         }
     },
     f"{P}/performance": {
@@ -394,7 +398,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Latency percentiles, error rate, throughput, slow endpoints, resources",
             "x-required-role": "viewer",
             "parameters": [HOURS, TENANT],
-            "responses": {**_ok(PERFORMANCE, "Performance"), **_errors(400, 401, 403, 503)},
+            "responses": {**_ok(PERFORMANCE, "Performance"), **_errors(400, 401, 403, 503, 504)},
         }
     },
     f"{P}/record": {
