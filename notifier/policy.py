@@ -61,7 +61,14 @@ def load_policy(directory: Path, known_channels: frozenset[str]) -> NotifierPoli
     if not directory.is_dir():
         return NotifierPolicy()
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if _mentions_notifier_keys(data.decode("utf-8", "replace")):
+                line = data.count(b"\n", 0, exc.start) + 1
+                raise RuleError("not valid UTF-8", f"{path}:{line}") from None
+            continue  # a rule file: the rule loader reports it
         try:
             root = compose_one(text, path)
             doc = None if root is None else construct(root, path)
