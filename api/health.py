@@ -91,7 +91,8 @@ async def check(
         return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
 
     async def pipeline_ok() -> dict[str, Any]:
-        values = await read_health_hash(client, settings.streams.key("health", "pipeline"))
+        raw = await client.hgetall(settings.streams.key("health", "pipeline"))
+        values = _numbers(raw)
         out = heartbeat_check(values, now)
         lag = values.get("lag_entries")
         if lag is not None:
@@ -112,13 +113,11 @@ async def check(
         ):
             if name in values:
                 out[name] = values[name]
-        # a limit hit or a refusal does not make the pipeline unhealthy, but says so
-        notes = await client.hmget(
-            settings.streams.key("health", "pipeline"), ["last_limit", "last_alert_limit"]
-        )
-        for name, note in zip(("last_limit", "last_alert_limit"), notes, strict=True):
+        # a limit hit does not make the pipeline unhealthy, but says so (texts, from the same read)
+        for name in ("last_limit", "last_alert_limit"):
+            note = raw.get(name) or raw.get(name.encode())
             if note:
-                out[name] = note.decode() if isinstance(note, bytes) else note
+                out[name] = note.decode("utf-8", "replace") if isinstance(note, bytes) else note
         return out
 
     async def notifier_ok() -> dict[str, Any]:
