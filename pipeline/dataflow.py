@@ -14,6 +14,7 @@ Steps, one Bytewax item per XREAD batch (per-item engine overhead is paid per ba
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 import time
@@ -27,7 +28,7 @@ from bytewax.operators import StatefulLogic
 from pipeline.alerting import AlertSink, RulesLogic
 from pipeline.health import PipelineStats
 from pipeline.live import LivePublisher
-from pipeline.sinks import DeadLetter, DeadLetterSink, RollupSink
+from pipeline.sinks import DeadLetter, DeadLetterSink, DeadLetterWriter, RollupSink
 from pipeline.source import Entry, InFlight, ReadBatch, RedisStreamSource
 from pipeline.windows import ShardWindows
 from qesmon.columns import EventColumns, parse_entries
@@ -188,10 +189,13 @@ def build_flow(
     )
     results = op.filter_map("rollups", outputs, lambda kv: kv[1].results or None)
     dead_sink = DeadLetterSink(
-        settings.redis_url,
-        settings.streams.dead,
-        maxlen=settings.pipeline.dead_letter_maxlen,
-        max_bytes=settings.pipeline.dead_letter_max_bytes,
+        functools.partial(
+            DeadLetterWriter,
+            settings.redis_url,
+            settings.streams.dead,
+            maxlen=settings.pipeline.dead_letter_maxlen,
+            max_bytes=settings.pipeline.dead_letter_max_bytes,
+        )
     )
     op.output(
         "write_rollups",

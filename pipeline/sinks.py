@@ -262,7 +262,7 @@ def _refused_letter(result: WindowResult, problem: str) -> DeadLetter:
         "name": s.name,
         "type": s.type,
         "tenant": s.tenant,
-        "labels": orjson.dumps(dict(s.labels)).decode("utf-8", "surrogateescape"),
+        "labels": orjson.dumps(dict(s.labels)).decode(),
         "width_s": str(result.width_s),
         "window_start": repr(result.start),
         "count": str(result.agg.count),
@@ -379,26 +379,14 @@ class RollupSink(DynamicSink[list[WindowResult]]):
 
 
 class DeadLetterSink(DynamicSink[list[DeadLetter]]):
-    """Bytewax sink: lists of dead letters -> :class:`DeadLetterWriter`."""
+    """Bytewax sink: lists of dead letters -> a :class:`DeadLetterWriter` per worker, built by
+    ``writer`` (e.g. ``functools.partial(DeadLetterWriter, url, stream, maxlen=...)``)."""
 
-    def __init__(
-        self,
-        redis_url: str,
-        stream: str,
-        *,
-        maxlen: int = 50_000,
-        max_bytes: int = deadletter.MAX_LETTER_BYTES,
-    ) -> None:
-        self.redis_url = redis_url
-        self.stream = stream
-        self.maxlen = maxlen
-        self.max_bytes = max_bytes
+    def __init__(self, writer: Callable[[], DeadLetterWriter]) -> None:
+        self.writer = writer
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadPartition:
-        writer = DeadLetterWriter(
-            self.redis_url, self.stream, maxlen=self.maxlen, max_bytes=self.max_bytes
-        )
-        return _DeadPartition(writer)
+        return _DeadPartition(self.writer())
 
 
 class _DeadPartition(_WriterPartition):
