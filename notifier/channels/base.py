@@ -223,6 +223,30 @@ def retry_after(headers: Mapping[str, str], body: bytes) -> float | None:
 # -- config validation ---------------------------------------------------------------------
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _control_character(value: Any, path: str = "") -> str | None:
+    """The path of the first key or string in ``value`` holding a control character (tabs
+    allowed), or None."""
+    if isinstance(value, str):
+        return path if _CONTROL.search(value) else None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and _CONTROL.search(key):
+                return name
+            found = _control_character(item, name)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _control_character(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
 class Fields:
     """Reads a channel config field by field; every complaint names the field::
 
@@ -243,6 +267,13 @@ class Fields:
     ) -> None:
         if not isinstance(config, Mapping):
             raise ChannelError("config must be a JSON object", channel)
+        where = _control_character(config)
+        if where is not None:  # PostgreSQL cannot store NUL; no config value spans lines
+            raise ChannelError(
+                f"field {where!r}: contains a control character (NUL, U+0001-U+001F, "
+                "U+007F-U+009F)",
+                channel,
+            )
         self.channel = channel
         self.config = config
         self.secret_prefix = secret_prefix
