@@ -10,8 +10,9 @@ this module back::
     app = create_app(settings)              # nothing connects until the app starts
     web.run_app(app, port=settings.api.port)
 
-:func:`main` (``qesmon api``) serves the API on ``API_PORT`` and the Prometheus exporter on
-``PROMETHEUS_METRICS_PORT`` in the same process and stops cleanly on SIGTERM/SIGINT.
+:func:`main` (``qesmon api``) serves the API on ``API_HOST:API_PORT`` and the Prometheus exporter
+on ``PROMETHEUS_METRICS_HOST:PROMETHEUS_METRICS_PORT`` (loopback unless credentials guard it) in
+the same process and stops cleanly on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from psycopg_pool import PoolTimeout
 
 from api.auth import KeyCache
 from api.exporter import create_exporter_app, exporter_ctx
+from api.exporter_auth import ScrapeAuth
 from api.live import add_live_routes, live_ctx, live_shutdown
 from api.resources import (
     HOUR_CACHE,
@@ -46,7 +48,7 @@ from api.routes import add_routes, dashboard_document
 from api.store import HourCache
 from notifier.actions import InvalidChannelConfig
 from qesmon.errors import ApiError, ChannelError
-from qesmon.settings import Settings
+from qesmon.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +155,14 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await exporter.setup()
     try:
         await web.TCPSite(runner, settings.api.host, settings.api.port).start()
-        await web.TCPSite(exporter, settings.api.host, settings.api.metrics_port).start()
+        await web.TCPSite(exporter, settings.api.metrics_host, settings.api.metrics_port).start()
         log.info(
-            "API on http://%s:%d/api/v1/, exporter on http://%s:%d/metrics",
+            "API on http://%s:%d/api/v1/, exporter on http://%s:%d/metrics (%s)",
             settings.api.host,
             settings.api.port,
-            settings.api.host,
+            settings.api.metrics_host,
             settings.api.metrics_port,
+            _scrape_policy(settings),
         )
         warm = asyncio.create_task(_warm(app), name="warm-up")
         await stop.wait()
@@ -168,6 +171,22 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         await exporter.cleanup()
         await runner.cleanup()
+
+
+def _scrape_policy(settings: Settings) -> str:
+    """What a scrape needs, for the start-up log (a warning when nothing guards an exposed
+    exporter: Settings.validate lets that through only with the explicit opt-out)."""
+    auth = ScrapeAuth.from_settings(settings.api)
+    if auth is not None:
+        return f"scrapes need the {auth.schemes}"
+    if is_loopback(settings.api.metrics_host):
+        return "no credentials: loopback only"
+    log.warning(
+        "the exporter on %s serves every tenant's business series without credentials "
+        "(PROMETHEUS_METRICS_ALLOW_UNAUTHENTICATED=true)",
+        settings.api.metrics_host,
+    )
+    return "no credentials"
 
 
 SHUTDOWN_GRACE = 4.0

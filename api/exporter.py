@@ -14,6 +14,9 @@ counter reset. Histogram buckets are the merged sketch's CDF: exact below 256 va
 window, within KLL's rank error (about 1.3 %) above. Gauges from rollups (CPU, quota,
 subscriptions) are the mean of each series' newest window.
 
+Who may scrape is :mod:`api.exporter_auth`'s business; with ``PROMETHEUS_TENANT_SERIES=false``
+the snapshot goes through :func:`without_tenants` and no series carries a ``tenant_id``.
+
 Uses its own :class:`prometheus_client.CollectorRegistry`; nothing is global::
 
     exporter = Exporter(settings, pool, redis_client, hour_cache)
@@ -28,7 +31,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,9 +46,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from psycopg_pool import AsyncConnectionPool
 
 from api import health, store
+from api.exporter_auth import ScrapeAuth
 from api.resources import HOUR_CACHE, POOL, REDIS, SETTINGS, stop_task
 from api.stats import cumulative_counts
 from api.store import HOUR, Conn, HourCache, SeriesFilter
@@ -220,6 +225,8 @@ class Exporter:
             "qes_exporter_snapshot_timestamp_seconds", "Unix time of the snapshot being served"
         )
         stamp.add_metric([], self.refreshed_at)
+        if not self.settings.api.tenant_series:
+            families = without_tenants(families)
         self.snapshot.families = [*families, meta, errors, stamp]
 
     def _boundary(self, latest: dict[int, float | None], now: float) -> float | None:
@@ -488,6 +495,48 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
+TENANT_LABEL = "tenant_id"
+
+#: how a per-tenant gauge is folded over tenants when ``PROMETHEUS_TENANT_SERIES`` is false;
+#: a per-tenant gauge not named here is left out rather than shown per tenant
+TENANT_GAUGE_FOLDS: dict[str, Callable[[list[float]], float]] = {
+    "qes_subscriptions_active": math.fsum,
+    "qes_users_active": math.fsum,  # a user active in two tenants counts twice
+    "qes_quota_utilization": max,  # the fullest tenant's, so QesQuotaExceeded still fires
+}
+
+
+def without_tenants(families: list[Metric]) -> list[Metric]:
+    """The families with the ``tenant_id`` label folded away (``PROMETHEUS_TENANT_SERIES=false``).
+
+    Pure. Samples that differ only by tenant become one: counters and histograms are summed
+    (still counters, buckets still cumulative), gauges folded as :data:`TENANT_GAUGE_FOLDS`
+    says; any other family with a tenant label is dropped, so a new per-tenant series never
+    reaches Prometheus by default.
+    """
+    out: list[Metric] = []
+    for family in families:
+        if not any(TENANT_LABEL in sample.labels for sample in family.samples):
+            out.append(family)
+            continue
+        if family.type in ("counter", "histogram"):
+            fold: Callable[[list[float]], float] = math.fsum
+        elif family.type == "gauge" and family.name in TENANT_GAUGE_FOLDS:
+            fold = TENANT_GAUGE_FOLDS[family.name]
+        else:
+            continue
+        groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
+        for sample in family.samples:
+            labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != TENANT_LABEL))
+            groups.setdefault((sample.name, labels), []).append(sample.value)
+        folded = Metric(family.name, family.documentation, family.type, family.unit)
+        folded.samples = [
+            Sample(name, dict(labels), fold(values)) for (name, labels), values in groups.items()
+        ]
+        out.append(folded)
+    return out
+
+
 EXPORTER = web.AppKey("exporter", Exporter)
 
 
@@ -503,7 +552,8 @@ async def exporter_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_exporter_app(api_app: web.Application) -> web.Application:
-    """The :8001 application: ``GET /metrics`` renders the API app's exporter snapshot."""
+    """The :8001 application: ``GET /metrics`` renders the API app's exporter snapshot, to
+    scrapes with the configured credentials only (:mod:`api.exporter_auth`)."""
 
     async def metrics(request: web.Request) -> web.StreamResponse:
         exporter = api_app[EXPORTER]
@@ -511,9 +561,10 @@ def create_exporter_app(api_app: web.Application) -> web.Application:
             await asyncio.wait_for(exporter.ready.wait(), 10.0)
         return web.Response(body=exporter.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
+    auth = ScrapeAuth.from_settings(api_app[SETTINGS].api)
+    app = web.Application(middlewares=[auth.middleware] if auth is not None else [])
     app.router.add_get("/metrics", metrics)
     return app
 
 
-__all__ = ["EXPORTER", "Exporter", "create_exporter_app", "exporter_ctx"]
+__all__ = ["EXPORTER", "Exporter", "create_exporter_app", "exporter_ctx", "without_tenants"]

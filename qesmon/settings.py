@@ -21,6 +21,7 @@ and the start-up log (:meth:`~Settings.describe`) are derived from those declara
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -197,6 +198,61 @@ def _reference_env_prefix(value: str, _: Any) -> str | None:
     return f"{value!r} must be 4-64 of [A-Za-z0-9_], not starting with a digit"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listen address only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: it may resolve to anything
+        return False
+
+
+#: a scrape secret is a machine credential: long enough that guessing it over HTTP is hopeless
+MIN_SCRAPE_SECRET = 16
+
+
+def _bearer_token(raw: str) -> str:
+    # RFC 6750 b64token: what fits in an Authorization header as it is (Prometheus trims the
+    # credentials file, so the token cannot start or end with a space anyway)
+    if not re.fullmatch(r"[A-Za-z0-9._~+/-]+=*", raw):
+        raise ValueError("expected letters, digits and -._~+/ (then optional =), e.g. hex")
+    if len(raw) < MIN_SCRAPE_SECRET:
+        raise ValueError(f"expected at least {MIN_SCRAPE_SECRET} characters")
+    return raw
+
+
+def _basic_auth(raw: str) -> str:
+    user, colon, password = raw.partition(":")
+    if not colon or not user:
+        raise ValueError("expected user:password")
+    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        raise ValueError("control characters are not allowed")
+    if len(password) < MIN_SCRAPE_SECRET:
+        raise ValueError(f"expected a password of at least {MIN_SCRAPE_SECRET} characters")
+    return raw
+
+
+def _mask_basic_auth(value: str | None) -> str | None:
+    return None if value is None else value.partition(":")[0] + ":***"
+
+
+def _exporter_exposure(host: str, api: Any) -> str | None:
+    # fail closed: a non-loopback exporter without credentials serves every tenant's revenue
+    if (
+        is_loopback(host)
+        or api.metrics_bearer_token is not None
+        or api.metrics_basic_auth is not None
+        or api.metrics_allow_anonymous
+    ):
+        return None
+    return (
+        f"{host!r} is not a loopback address and the exporter has no credentials: set "
+        "PROMETHEUS_METRICS_BEARER_TOKEN or PROMETHEUS_METRICS_BASIC_AUTH (or, when a network "
+        "boundary of yours already guards the port, PROMETHEUS_METRICS_ALLOW_UNAUTHENTICATED=true)"
+    )
+
+
 def boolean(raw: str) -> bool:
     low = raw.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -230,6 +286,24 @@ class ApiSettings:
     host: str = setting("API_HOST", "127.0.0.1", str)
     port: int = setting("API_PORT", 8000, int, check=tcp_port)
     metrics_port: int = setting("PROMETHEUS_METRICS_PORT", 8001, int, check=tcp_port)
+    #: the exporter's listen address; anything but loopback needs credentials (or the opt-out)
+    metrics_host: str = setting(
+        "PROMETHEUS_METRICS_HOST", "127.0.0.1", str, check=_exporter_exposure
+    )
+    #: a scrape must send ``Authorization: Bearer <token>`` (Prometheus ``authorization``)
+    metrics_bearer_token: str | None = setting(
+        "PROMETHEUS_METRICS_BEARER_TOKEN", None, _bearer_token, mask=mask_secret
+    )
+    #: ``user:password`` a scrape may send as basic auth (Prometheus ``basic_auth``)
+    metrics_basic_auth: str | None = setting(
+        "PROMETHEUS_METRICS_BASIC_AUTH", None, _basic_auth, mask=_mask_basic_auth
+    )
+    #: serve a non-loopback exporter without credentials (a firewall of yours guards it)
+    metrics_allow_anonymous: bool = setting(
+        "PROMETHEUS_METRICS_ALLOW_UNAUTHENTICATED", False, boolean
+    )
+    #: per-tenant business series; false: folded over tenants, without the ``tenant_id`` label
+    tenant_series: bool = setting("PROMETHEUS_TENANT_SERIES", True, boolean)
     #: slower requests count as slow (seconds)
     slow_request_threshold: float = setting("SLOW_REQUEST_THRESHOLD", 1.0, finite, check=above(0))
     resource_monitoring_interval: float = setting(
@@ -462,6 +536,7 @@ __all__ = [
     "Settings",
     "StreamKeys",
     "Var",
+    "is_loopback",
     "mask_secret",
     "mask_url",
     "setting",

@@ -70,7 +70,7 @@ def up_banner(
         f"  dashboard  curl -s {auth} {api}/api/v1/metrics/dashboard",
         f"  alerts     curl -s {auth} '{api}/api/v1/metrics/alerts?active_only=false'",
         f"  live page  {api}/live",
-        f"  exporter   http://{settings.api.host}:{settings.api.metrics_port}/metrics",
+        f"  exporter   http://{settings.api.metrics_host}:{settings.api.metrics_port}/metrics",
     ]
     if demo_off:
         lines.append(f"  demo       off: {demo_off}")
