@@ -46,7 +46,7 @@ from api.resources import (
 )
 from api.routes import add_routes, dashboard_document
 from api.store import HourCache
-from notifier.actions import InvalidChannelConfig
+from notifier.actions import InvalidChannelConfig, TooManyReceivers, UnknownReceiver
 from qesmon.errors import ApiError, ChannelError
 from qesmon.settings import Settings, is_loopback
 
@@ -78,23 +78,32 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
+#: the notifier's domain errors as HTTP answers (the first that matches)
+_CHANNEL_ERRORS: tuple[tuple[type[ChannelError], tuple[int, str]], ...] = (
+    (InvalidChannelConfig, (400, "invalid_channel_config")),
+    (TooManyReceivers, (409, "too_many_receivers")),
+    (UnknownReceiver, (404, "receiver_not_found")),
+)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map every failure to ``{"error": {"code", "message"}}``; never show a stack trace.
 
     The one place errors become HTTP answers: an :class:`~qesmon.errors.ApiError` (an unknown
     alert, ``notifier.store.UnknownAlert``, is a ``NotFound``) by its own status and code; a
-    ``ChannelError`` from the notifier's actions is 400, ``invalid_channel_config`` for a
-    config that configure refuses, ``invalid_channel`` for a channel a test cannot use."""
+    ``ChannelError`` from the notifier's actions as :data:`_CHANNEL_ERRORS` says (400
+    ``invalid_channel`` for a channel a test cannot use)."""
     try:
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message)
     except ChannelError as exc:
-        refused = isinstance(exc, InvalidChannelConfig)
-        return error_response(
-            400, "invalid_channel_config" if refused else "invalid_channel", str(exc)
+        status, code = next(
+            (answer for kind, answer in _CHANNEL_ERRORS if isinstance(exc, kind)),
+            (400, "invalid_channel"),
         )
+        return error_response(status, code, str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -80,7 +80,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "Invalid parameter or body (the message names it)",
         401: "Missing, unknown, revoked or expired API key",
         403: "Key lacks the role or tenant",
-        404: "No such alert",
+        404: "No such alert or receiver",
+        409: "The tenant has RECEIVERS_PER_TENANT receivers already (too_many_receivers)",
         413: "Body larger than 1 MiB",
         503: "Database or Redis unavailable, or every report connection busy (reports_busy)",
         504: "The report's query ran past API_REPORT_STATEMENT_TIMEOUT_SECONDS (report_timeout)",
@@ -349,12 +350,44 @@ RECORD_BODY = {
         "success": {"type": "boolean"},
     },
 }
+RECEIVER_NAME = {
+    "type": "string",
+    "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$",
+    "description": "A tenant's receiver name (default: the channel type); the platform's "
+    "receivers are named after their channel type",
+}
 CONFIGURE_BODY = {
     "type": "object",
     "required": ["channel"],
     "additionalProperties": False,
-    "properties": {"channel": STR, "enabled": {"type": "boolean", "default": True}, "config": OBJ},
+    "properties": {
+        "channel": STR,
+        "enabled": {"type": "boolean", "default": True},
+        "config": OBJ,
+        "receiver": RECEIVER_NAME,
+        "tenant_id": {
+            **STR,
+            "description": "Owner: a tenant-scoped key's own tenant always; a platform key's "
+            "receivers when absent",
+        },
+    },
 }
+RECEIVER_OWNER = _q(
+    "tenant_id",
+    {"type": "string", "maxLength": 200},
+    "Owner of the receiver (a tenant-scoped key: its own tenant, always; absent: the platform)",
+)
+RECEIVER = obj(
+    {
+        "receiver": STR,
+        "tenant_id": NSTR,
+        "channel": STR,
+        "enabled": {"type": "boolean"},
+        "source": NSTR,
+        "config": OBJ,
+        "configured": {"type": "boolean"},
+    }
+)
 HEALTH_OP = {
     "summary": "Health of Redis, TimescaleDB, pipeline, notifier and rule files",
     "security": [],
@@ -460,21 +493,22 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     f"{P}/alerts/configure": {
         "post": {
-            "summary": "Configure a notification channel (admin); secrets are never returned",
+            "summary": "Configure a receiver: the platform's one of a channel type, or a "
+            "tenant's own (admin); secrets are never returned",
             "x-required-role": "admin",
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": CONFIGURE_BODY}},
             },
             "responses": {
-                **_ok(OBJ, "The stored configuration, secrets masked"),
-                **_errors(400, 401, 403, 413, 503),
+                **_ok(RECEIVER, "The stored receiver, secrets masked"),
+                **_errors(400, 401, 403, 409, 413, 503),
             },
         }
     },
     f"{P}/alerts/test": {
         "post": {
-            "summary": "Send a real test message through a channel (admin)",
+            "summary": "Send a real test message to a receiver (admin)",
             "x-required-role": "admin",
             "parameters": [
                 {
@@ -482,9 +516,42 @@ PATHS: dict[str, dict[str, Any]] = {
                     "in": "query",
                     "required": True,
                     "schema": {"type": "string", "minLength": 1, "maxLength": 50},
-                }
+                },
+                _q("receiver", RECEIVER_NAME, "The receiver's name (default: the channel)"),
+                RECEIVER_OWNER,
             ],
             "responses": {**_ok(OBJ, "The delivery result"), **_errors(400, 401, 403, 503)},
+        }
+    },
+    f"{P}/alerts/receivers": {
+        "get": {
+            "summary": "Receivers, secrets masked: a tenant-scoped key sees its own only (admin)",
+            "x-required-role": "admin",
+            "parameters": [TENANT],
+            "responses": {
+                **_ok(
+                    obj({"tenant_id": NSTR, "count": INT, "receivers": arr(RECEIVER)}),
+                    "Receivers",
+                ),
+                **_errors(400, 401, 403, 503),
+            },
+        }
+    },
+    f"{P}/alerts/receivers/{{receiver}}": {
+        "delete": {
+            "summary": "Delete a receiver (for the platform's: its stored configuration) (admin)",
+            "x-required-role": "admin",
+            "parameters": [
+                {"name": "receiver", "in": "path", "required": True, "schema": RECEIVER_NAME},
+                RECEIVER_OWNER,
+            ],
+            "responses": {
+                **_ok(
+                    obj({"receiver": STR, "tenant_id": NSTR, "deleted": {"type": "boolean"}}),
+                    "Deleted",
+                ),
+                **_errors(400, 401, 403, 404, 503),
+            },
         }
     },
     "/api/v1/openapi.json": {

@@ -31,6 +31,7 @@ from api.resources import (
     report_connection,
 )
 from notifier import actions
+from notifier.receivers import receiver_id
 from qesmon.contract import parse_entry
 from qesmon.encode import encode_event
 from qesmon.errors import BadRequest, NotFound
@@ -286,13 +287,23 @@ async def post_resolve(request: web.Request) -> web.StreamResponse:
     return _json(result)
 
 
+def _receiver_owner(request: web.Request, requested: Any) -> str:
+    """Whose receiver a request is about: a tenant-scoped key's own tenant (403 for another),
+    for a platform key the ``tenant_id`` asked for, else the platform ("")."""
+    if requested is not None and not isinstance(requested, str):
+        raise BadRequest("tenant_id: expected a string", "invalid_body")
+    tenant = params.text({"tenant_id": requested} if requested else {}, "tenant_id")
+    return scoped_tenant(_caller(request), tenant) or ""
+
+
 async def post_configure(request: web.Request) -> web.StreamResponse:
     params.only_known(request.query, ())
     body = await _body(request)
-    unknown = sorted(set(body) - {"channel", "enabled", "config"})
+    allowed = ("channel", "enabled", "config", "receiver", "tenant_id")
+    unknown = sorted(set(body) - set(allowed))
     if unknown:
         raise BadRequest(
-            f"body: unknown field {unknown[0][:50]!r} (allowed: channel, enabled, config)",
+            f"body: unknown field {unknown[0][:50]!r} (allowed: {', '.join(allowed)})",
             "invalid_body",
         )
     channel = body.get("channel")
@@ -304,22 +315,55 @@ async def post_configure(request: web.Request) -> web.StreamResponse:
     config = body.get("config", {})
     if not isinstance(config, dict):
         raise BadRequest("config: expected a JSON object", "invalid_body")
+    name = body.get("receiver")
+    if name is not None and not isinstance(name, str):
+        raise BadRequest("receiver: expected a string", "invalid_body")
+    tenant = _receiver_owner(request, body.get("tenant_id"))
     app = request.app
-    result = await actions.configure_channel(app[POOL], app[SETTINGS], channel, enabled, config)
-    await audit.record(app[POOL], _caller(request), "configure", channel, {"enabled": enabled})
+    caller = _caller(request)
+    result = await actions.configure_channel(
+        app[POOL], app[SETTINGS], channel, enabled, config, tenant=tenant, name=name, who=caller.who
+    )
+    target = receiver_id(tenant, result["receiver"])
+    await audit.record(app[POOL], caller, "configure", target, {"enabled": enabled})
     return _json(result)
 
 
 async def post_test(request: web.Request) -> web.StreamResponse:
     q = request.query
-    params.only_known(q, ("channel",))
+    params.only_known(q, ("channel", "receiver", "tenant_id"))
     channel = params.text(q, "channel", max_len=50)
     if channel is None:
         raise BadRequest("channel: required, e.g. ?channel=slack", "invalid_parameter")
+    name = params.text(q, "receiver", max_len=63)
+    tenant = _receiver_owner(request, q.get("tenant_id"))
     app = request.app
-    result = await actions.send_test(app[POOL], app[SETTINGS], app[HTTP], channel)
-    await audit.record(app[POOL], _caller(request), "test", channel, {"ok": result["ok"]})
+    result = await actions.send_test(
+        app[POOL], app[SETTINGS], app[HTTP], channel, tenant=tenant, name=name
+    )
+    target = receiver_id(tenant, result["receiver"])
+    await audit.record(app[POOL], _caller(request), "test", target, {"ok": result["ok"]})
     return _json(result)
+
+
+async def get_receivers(request: web.Request) -> web.StreamResponse:
+    q = request.query
+    params.only_known(q, ("tenant_id",))
+    tenant = scoped_tenant(_caller(request), params.text(q, "tenant_id"))
+    app = request.app
+    items = await actions.list_channels(app[POOL], app[SETTINGS], tenant=tenant)
+    return _json({"tenant_id": tenant, "count": len(items), "receivers": items})
+
+
+async def delete_receiver(request: web.Request) -> web.StreamResponse:
+    q = request.query
+    params.only_known(q, ("tenant_id",))
+    name = request.match_info["receiver"]
+    tenant = _receiver_owner(request, q.get("tenant_id"))
+    app = request.app
+    await actions.delete_receiver(app[POOL], tenant, name)
+    await audit.record(app[POOL], _caller(request), "delete", receiver_id(tenant, name), {})
+    return _json({"receiver": name, "tenant_id": tenant or None, "deleted": True})
 
 
 # -- the document ------------------------------------------------------------------------
@@ -341,6 +385,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", f"{PREFIX}/alerts/{{alert_id}}/resolve", post_resolve, "responder"),
     Route("POST", f"{PREFIX}/alerts/configure", post_configure, "admin"),
     Route("POST", f"{PREFIX}/alerts/test", post_test, "admin"),
+    Route("GET", f"{PREFIX}/alerts/receivers", get_receivers, "admin"),
+    Route("DELETE", f"{PREFIX}/alerts/receivers/{{receiver}}", delete_receiver, "admin"),
     Route("GET", "/api/v1/openapi.json", get_openapi, "public"),
 )
 

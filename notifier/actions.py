@@ -28,6 +28,7 @@ from notifier.channels import REGISTRY, Message, SendEnv, channel_class
 from notifier.clock import Clock, SystemClock, iso
 from notifier.configs import ChannelConfig, enabled, load_configs
 from notifier.configs import validate as _validate
+from notifier.receivers import NAME, receiver_id
 from notifier.secrets import DEFAULT_PREFIX, scrub, secret_values
 from notifier.service import template_dirs
 from notifier.templating import Renderer
@@ -40,6 +41,14 @@ log = logging.getLogger(__name__)
 class InvalidChannelConfig(ChannelError):
     """A channel config given to :func:`configure_channel` is refused: an unknown channel, a
     config that is not an object, a bad or missing field (the message names which)."""
+
+
+class TooManyReceivers(ChannelError):
+    """A tenant has ``RECEIVERS_PER_TENANT`` receivers already."""
+
+
+class UnknownReceiver(ChannelError):
+    """No such receiver (for this owner)."""
 
 
 async def acknowledge_alert(
@@ -123,38 +132,88 @@ async def configure_channel(
     channel: str,
     enabled: bool,
     config: dict[str, Any],
+    *,
+    tenant: str = "",
+    name: str | None = None,
+    who: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Validate and store ``channel``'s config (replacing the environment's), return it masked.
+    """Validate and store a receiver, return it masked.
 
-    Returns ``{"channel", "enabled", "source": "api", "config": {...secrets masked...}}``.
-    A running notifier picks the change up within its housekeeping interval (2 s).
+    ``tenant`` "" configures the platform's receiver of ``channel`` (named after it, replacing
+    the environment's config); a tenant's receiver is named ``name`` (default: the channel
+    type) and only ever gets that tenant's alerts. A tenant has at most
+    ``RECEIVERS_PER_TENANT`` receivers (TooManyReceivers beyond). ``who`` (the API key's id
+    and name) is stored with it. Returns ``{"receiver", "tenant_id", "channel", "enabled",
+    "source": "api", "config": {...secrets masked...}}``. A running notifier picks the
+    change up within its housekeeping interval (2 s).
     """
     if not isinstance(enabled, bool):
         raise InvalidChannelConfig("enabled must be true or false", channel)
+    name = _receiver_name(channel, tenant, name)
     clean = validate_channel_config(channel, config, settings.channels.reference_env_prefix)
-    async with pool.connection() as conn:
+    async with pool.connection() as conn, conn.transaction():
+        if tenant:
+            # one at a time per tenant, so concurrent requests cannot pass the bound together
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"rcv:{tenant}",))
+            cur = await conn.execute(
+                "SELECT count(*) FILTER (WHERE name <> %s) FROM receivers WHERE tenant_id = %s",
+                (name, tenant),
+            )
+            row = await cur.fetchone()
+            bound = settings.channels.receivers_per_tenant
+            if row is not None and row[0] >= bound:
+                raise TooManyReceivers(
+                    f"tenant {tenant[:100]!r} has {row[0]} receivers already"
+                    f" (at most {bound}: RECEIVERS_PER_TENANT); delete one first",
+                    channel,
+                )
         await conn.execute(
-            "INSERT INTO channel_configs (channel, enabled, config, updated_at)"
-            " VALUES (%s, %s, %s, now()) ON CONFLICT (channel) DO UPDATE SET"
-            " enabled = EXCLUDED.enabled, config = EXCLUDED.config, updated_at = now()",
-            (channel, enabled, Jsonb(clean)),
+            "INSERT INTO receivers (tenant_id, name, channel, enabled, config, updated_at,"
+            " updated_by) VALUES (%s, %s, %s, %s, %s, now(), %s)"
+            " ON CONFLICT (tenant_id, name) DO UPDATE SET channel = EXCLUDED.channel,"
+            " enabled = EXCLUDED.enabled, config = EXCLUDED.config, updated_at = now(),"
+            " updated_by = EXCLUDED.updated_by",
+            (tenant, name, channel, enabled, Jsonb(clean), Jsonb(dict(who or {}))),
         )
-    result = ChannelConfig(channel, enabled, clean, "api").masked()
-    log.info("channel %s configured: %s", channel, result)
+    result = ChannelConfig(channel, enabled, clean, "api", tenant=tenant, name=name).masked()
+    log.info("receiver %s configured: %s", receiver_id(tenant, name), result)
     return result
 
 
-async def list_channels(pool: AsyncConnectionPool[Any], settings: Settings) -> list[dict[str, Any]]:
-    """Every known channel with its effective config masked (``configured`` false when
-    neither the environment nor the API set one)."""
-    configs = await load_configs(pool, settings)
-    out = []
+def _receiver_name(channel: str, tenant: str, name: str | None) -> str:
+    """The receiver's name, checked: the channel type for the platform's."""
+    channel_class(channel)
+    if name is None:
+        return channel
+    if not tenant and name != channel:
+        raise InvalidChannelConfig(
+            f"receiver: the platform's receivers are named after their channel ({channel!r})",
+            channel,
+        )
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise InvalidChannelConfig(
+            "receiver: 1-63 of a-z, 0-9, '_' and '-', starting with a letter or digit", channel
+        )
+    return name
+
+
+async def list_channels(
+    pool: AsyncConnectionPool[Any], settings: Settings, *, tenant: str | None = None
+) -> list[dict[str, Any]]:
+    """Receivers with their effective config masked: every one (``tenant`` None), or only
+    ``tenant``'s (a tenant sees nothing of the platform's or another tenant's). The platform's
+    listing has a row for every channel type (``configured`` false when neither the
+    environment nor the API set one)."""
+    configs = await load_configs(pool, settings, tenant=tenant)
+    out = [{**c.masked(), "configured": True} for _, c in sorted(configs.items())]
+    if tenant:
+        return out
     for name in sorted(REGISTRY):
-        if name in configs:
-            out.append({**configs[name].masked(), "configured": True})
-        else:
+        if name not in configs:
             out.append(
                 {
+                    "receiver": name,
+                    "tenant_id": None,
                     "channel": name,
                     "enabled": False,
                     "source": None,
@@ -165,7 +224,21 @@ async def list_channels(pool: AsyncConnectionPool[Any], settings: Settings) -> l
     return out
 
 
-def test_alert(now: float) -> dict[str, Any]:
+async def delete_receiver(pool: AsyncConnectionPool[Any], tenant: str, name: str) -> None:
+    """Remove ``tenant``'s receiver ``name`` (for the platform's, its stored config: the
+    environment's applies again). UnknownReceiver when there is none."""
+    if not NAME.fullmatch(name):
+        raise UnknownReceiver(f"no receiver {name[:63]!r} is configured here", name[:63])
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "DELETE FROM receivers WHERE tenant_id = %s AND name = %s", (tenant, name)
+        )
+        if cur.rowcount == 0:
+            raise UnknownReceiver(f"no receiver {name[:63]!r} is configured here", name[:63])
+    log.info("receiver %s deleted", receiver_id(tenant, name))
+
+
+def test_alert(now: float, tenant: str = "") -> dict[str, Any]:
     """The synthetic alert a test message is about."""
     return {
         "alert_id": None,
@@ -175,7 +248,7 @@ def test_alert(now: float) -> dict[str, Any]:
         "severity": "info",
         "state": "firing",
         "value": None,
-        "tenant": "",
+        "tenant": tenant,
         "labels": {"test": "true"},
         "annotations": {"summary": "If you can read this, the channel works."},
         "started_at": iso(now),
@@ -193,26 +266,31 @@ async def send_test(
     session: aiohttp.ClientSession,
     channel: str,
     *,
+    tenant: str = "",
+    name: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Send a real test message on ``channel`` now (not through the outbox) and report it.
+    """Send a real test message to a receiver now (not through the outbox) and report it:
+    the platform's receiver of ``channel`` (``tenant`` ""), or ``tenant``'s receiver ``name``
+    (default: the channel type), whose test alert carries that tenant.
 
-    Returns ``{"channel", "ok", "status", "latency_ms", "error"}`` (``error`` has secrets
-    scrubbed) and records the attempt in ``deliveries`` with key ``test:<uuid>``. Raises
-    ChannelError when the channel is unknown or not configured (disabled channels can be
-    tested, so they can be checked before being switched on).
+    Returns ``{"receiver", "tenant_id", "channel", "ok", "status", "latency_ms", "error"}``
+    (``error`` has secrets scrubbed) and records the attempt in ``deliveries`` with key
+    ``test:<uuid>``. Raises ChannelError when the channel is unknown or the receiver not
+    configured (disabled receivers can be tested, so they can be checked before being
+    switched on).
     """
-    channel_class(channel)
-    configs = await load_configs(pool, settings)
-    if channel not in configs:
-        raise ChannelError(
-            "not configured: set it with /alerts/configure or its environment variables", channel
-        )
-    instance = configs[channel].build()
+    name = _receiver_name(channel, tenant, name)
+    rid = receiver_id(tenant, name)
+    configs = await load_configs(pool, settings, tenant=tenant)
+    if rid not in configs or configs[rid].channel != channel:
+        how = "/alerts/configure" + ("" if tenant else " or its environment variables")
+        raise ChannelError(f"receiver {name!r} is not configured: set it with {how}", channel)
+    instance = configs[rid].build()
     clock = SystemClock()
     now = clock.now()
     key = f"test:{uuid.uuid4().hex}"
-    message = Message("test", [test_alert(now)], [key], group_key="test")
+    message = Message("test", [test_alert(now, tenant)], [key], group_key="test")
     env = SendEnv(session, Renderer(template_dirs(settings)), clock, environ)
     started = time.perf_counter()
     status: int | None = None
@@ -232,9 +310,11 @@ async def send_test(
         await conn.execute(
             "INSERT INTO deliveries (notification_key, channel, attempt, status, http_status,"
             " latency_ms, error) VALUES (%s, %s, 1, %s, %s, %s, %s)",
-            (key, channel, "sent" if error is None else "failed", status, latency, error),
+            (key, rid, "sent" if error is None else "failed", status, latency, error),
         )
     return {
+        "receiver": name,
+        "tenant_id": tenant or None,
         "channel": channel,
         "ok": error is None,
         "status": status,

@@ -8,8 +8,9 @@
     result = await alerting.send_test(NotificationChannel.PAGERDUTY)   # {"ok": True, ...}
 
 The config is validated at once (:class:`~qesmon.errors.ChannelError` names the field) and,
-with a ``database_url``, written to ``channel_configs`` where the running notifier picks it up
-within seconds; without one it is only kept in this object (useful for validation in CI).
+with a ``database_url``, written as the platform's receiver of the channel (table
+``receivers``) where the running notifier picks it up within seconds; without one it is
+only kept in this object (useful for validation in CI).
 It lives in the notifier, next to the channel configs it validates and the test it sends, so
 that the metrics SDK (:mod:`qesmon.sdk`) needs none of the notifier's dependencies.
 Tokens, passwords and header values may be ``${NAME}`` references (the whole value, a
@@ -24,13 +25,14 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-import aiohttp
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from notifier import outbound
 from notifier.actions import send_test
 from notifier.configs import ChannelConfig, validate
 from notifier.secrets import DEFAULT_PREFIX
+from qesmon.addresses import AllowList
 from qesmon.db import connect
 from qesmon.errors import ChannelError
 from qesmon.settings import ChannelSettings, Settings
@@ -52,10 +54,16 @@ class AlertingSystem:
     """Configure and test notification channels (see the module docstring)."""
 
     def __init__(
-        self, database_url: str | None = None, *, secret_prefix: str = DEFAULT_PREFIX
+        self,
+        database_url: str | None = None,
+        *,
+        secret_prefix: str = DEFAULT_PREFIX,
+        outbound_allow: AllowList | None = None,
     ) -> None:
         self.database_url = database_url
         self.secret_prefix = secret_prefix
+        #: non-public addresses :meth:`send_test` may reach (``OUTBOUND_ALLOW``)
+        self.outbound_allow = outbound_allow
         self._configs: dict[str, tuple[bool, dict[str, Any]]] = {}
 
     def configure_channel(
@@ -67,10 +75,10 @@ class AlertingSystem:
         if self.database_url is not None:
             with connect(self.database_url, autocommit=True) as conn:
                 conn.execute(
-                    "INSERT INTO channel_configs (channel, enabled, config, updated_at)"
-                    " VALUES (%s, %s, %s, now()) ON CONFLICT (channel) DO UPDATE SET"
-                    " enabled = EXCLUDED.enabled, config = EXCLUDED.config, updated_at = now()",
-                    (name, enabled, Jsonb(clean)),
+                    "INSERT INTO receivers (tenant_id, name, channel, enabled, config, updated_at)"
+                    " VALUES ('', %s, %s, %s, %s, now()) ON CONFLICT (tenant_id, name) DO UPDATE"
+                    " SET enabled = EXCLUDED.enabled, config = EXCLUDED.config, updated_at = now()",
+                    (name, name, enabled, Jsonb(clean)),
                 )
         self._configs[name] = (enabled, clean)
         return ChannelConfig(name, enabled, clean, "api", self.secret_prefix).masked()
@@ -91,14 +99,16 @@ class AlertingSystem:
             raise ChannelError("send_test needs AlertingSystem(database_url=...)", _name(channel))
         settings = Settings(
             database_url=self.database_url,
-            channels=ChannelSettings(reference_env_prefix=self.secret_prefix),
+            channels=ChannelSettings(
+                reference_env_prefix=self.secret_prefix, outbound_allow=self.outbound_allow
+            ),
         )
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             self.database_url, min_size=1, max_size=1, open=False, kwargs={"autocommit": True}
         )
         await pool.open()
         try:
-            async with aiohttp.ClientSession() as session:
+            async with outbound.session(self.outbound_allow) as session:
                 return await send_test(pool, settings, session, _name(channel))
         finally:
             await pool.close()

@@ -27,15 +27,20 @@ The decisions:
   repeat re-tells the told channels and schedules the next repeat; a timer of an alert that
   is gone, resolved or acknowledged is cancelled.
 
-Channels not in ``available`` (not configured, or switched off) are left out and listed in
-:attr:`Plan.skipped`; a channel that does not take a kind of notice (SMS is not told of
-acknowledgements) gets no row. Transitions seen twice (the stream is at-least-once) never
+"Channels" here are receivers (:mod:`notifier.receivers`): the platform's, one per channel
+type, which the routing names, and the tenants' own. The first firing of a tenant's alert
+also tells every receiver that tenant owns (they then hear of its repeats, acknowledgement
+and resolution like any told receiver); an outbox row for a tenant's receiver about another
+tenant's alert is never made (:func:`notices` refuses it, whatever the caller asks).
+Receivers not in ``available`` (not configured, or switched off) are left out and listed in
+:attr:`Plan.skipped`; a receiver whose channel does not take a kind of notice (SMS is not
+told of acknowledgements) gets no row. Transitions seen twice (the stream is at-least-once) never
 reach here: the store drops them on the transition key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -44,6 +49,7 @@ from notifier.channels import REGISTRY
 from notifier.clock import iso, to_datetime
 from notifier.escalation import EscalationPolicy
 from notifier.policy import NotifierPolicy
+from notifier.receivers import Available, owner
 from qesmon.alerts import AlertTransition
 
 
@@ -216,17 +222,18 @@ def notices(
     context: Mapping[str, Any],
     template_set: str | None,
     now: float,
+    available: Available,
     delay: float = 0.0,
 ) -> tuple[Notice, ...]:
-    """One outbox row per channel that takes ``kind``, grouped as the channel sends.
+    """One outbox row per receiver whose channel takes ``kind``, grouped as it sends.
 
-    Rows of one channel go out as one message when their group key matches: the kind and
+    Rows of one receiver go out as one message when their group key matches: the kind and
     template set, then the route's group (a channel that cannot group, PagerDuty, gets one
-    group per alert)."""
+    group per alert). A tenant's receiver gets rows about that tenant's alerts only."""
     out = []
     for name in channels:
-        cls = REGISTRY[name]
-        if kind not in cls.kinds:
+        cls = REGISTRY[available.channel(name)]
+        if kind not in cls.kinds or owner(name) not in ("", context.get("tenant")):
             continue
         grouped = group_key if cls.groupable else f"alert={alert_id}"
         out.append(
@@ -245,7 +252,7 @@ def notices(
     return tuple(out)
 
 
-def _split(wanted: Sequence[str], available: Collection[str]) -> tuple[list[str], tuple[str, ...]]:
+def _split(wanted: Sequence[str], available: Available) -> tuple[list[str], tuple[str, ...]]:
     """``wanted`` as (the channels that can be sent to, the ones that cannot)."""
     return [c for c in wanted if c in available], tuple(c for c in wanted if c not in available)
 
@@ -264,7 +271,7 @@ def firing(
     alert: Alert,
     episode: Episode | None,
     policy: NotifierPolicy,
-    available: Collection[str],
+    available: Available,
     *,
     now: float,
     time_scale: float,
@@ -285,6 +292,7 @@ def firing(
     wanted = list(route.channels)
     if escalation is not None:
         wanted += [c for c in escalation.immediate_channels() if c not in wanted]
+    wanted += available.of_tenant(alert.tenant)
     channels, skipped = _split(wanted, available)
     outbox = notices(
         key=t.key,
@@ -295,6 +303,7 @@ def firing(
         context=alert_context(alert, state="firing", at=t.at),
         template_set=t.template,
         now=now,
+        available=available,
         delay=route.group_wait,
     )
     told = Episode(
@@ -337,7 +346,7 @@ def resolved(
     pending: Sequence[int],
     episode: Episode | None,
     policy: NotifierPolicy,
-    available: Collection[str],
+    available: Available,
     *,
     now: float,
 ) -> Plan:
@@ -363,7 +372,7 @@ def manual_resolve(
     pending: Sequence[int],
     episode: Episode | None,
     by: str,
-    available: Collection[str],
+    available: Available,
     *,
     now: float,
 ) -> Plan:
@@ -394,7 +403,7 @@ def _resolve_episode(
     key: str,
     now: float,
     at: float,
-    available: Collection[str],
+    available: Available,
     by: str = "",
     delay: float = 0.0,
 ) -> Plan:
@@ -414,6 +423,7 @@ def _resolve_episode(
         context=alert_context(alert, state="resolved", at=at, by=by),
         template_set=episode.template_set,
         now=now,
+        available=available,
         delay=delay,
     )
     return Plan(
@@ -432,7 +442,7 @@ def acknowledge(
     pending: Sequence[int],
     episode: Episode | None,
     by: str,
-    available: Collection[str],
+    available: Available,
     *,
     now: float,
 ) -> Plan:
@@ -462,6 +472,7 @@ def acknowledge(
         context=alert_context(alert, state=alert.state, at=now, by=by),
         template_set=episode.template_set,
         now=now,
+        available=available,
     )
     return replace(
         plan,
@@ -475,7 +486,7 @@ def timer_due(
     timer: DueTimer,
     alert: Alert | None,
     episode: Episode | None,
-    available: Collection[str],
+    available: Available,
     *,
     now: float,
     time_scale: float,
@@ -508,6 +519,7 @@ def timer_due(
         context=alert_context(alert, state="firing", at=now, level=timer.level),
         template_set=episode.template_set,
         now=now,
+        available=available,
     )
     told: Episode | None = None
     timers: tuple[NewTimer, ...] = ()

@@ -48,14 +48,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import psycopg
 import psycopg_pool
 import redis.asyncio
 import redis.exceptions
 from psycopg_pool import AsyncConnectionPool
 
-from notifier import outbox, store
+from notifier import outbound, outbox, store
 from notifier.channels import REGISTRY, Channel, SendEnv
 from notifier.clock import Clock, SystemClock
 from notifier.configs import ChannelConfig, enabled, env_configs, load_configs
@@ -63,6 +62,7 @@ from notifier.decide import Outcome, Plan
 from notifier.delivery import RetryPolicy, send_rows
 from notifier.outbox import Attempt, OutboxRow
 from notifier.policy import PolicyStore
+from notifier.receivers import Available
 from notifier.templating import TEMPLATES_DIR, Renderer
 from qesmon import deadletter
 from qesmon.alerts import AlertTransition
@@ -119,7 +119,10 @@ class Notifier:
         self.configs: dict[str, ChannelConfig] = env_configs(settings)
         self.channels: dict[str, Channel] = {}
         self._build_channels()
-        self.wake = {name: asyncio.Event() for name in REGISTRY}
+        #: a delivery worker per receiver (the platform's channel types from the start, the
+        #: tenants' as they are configured), woken when rows are queued for it
+        self.wake: dict[str, asyncio.Event] = {}
+        self.senders: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
         self._rng = random.Random()
         self._own_pending = True
@@ -152,7 +155,7 @@ class Notifier:
             check=AsyncConnectionPool.check_connection,
         )
         await self.pool.open(wait=False)
-        self.session = aiohttp.ClientSession()
+        self.session = outbound.session(self.settings.channels.outbound_allow)
         self.env = SendEnv(self.session, self.renderer, self.clock, self.environ)
         self.limit = asyncio.Semaphore(16)
         log.info(
@@ -167,22 +170,19 @@ class Notifier:
                 self._loop("housekeeping", self._housekeeping_once, idle=self.health_interval)
             ),
         ]
-        senders = [
-            asyncio.create_task(
-                self._loop(f"deliver:{name}", self._deliver_fn(name), wake=self.wake[name])
-            )
-            for name in REGISTRY
-        ]
+        self._start_senders()
         try:
             await self._stopping.wait()
         finally:
             for task in readers:
                 task.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
-            _, pending = await asyncio.wait(senders, timeout=10)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*senders, return_exceptions=True)
+            senders = list(self.senders.values())
+            if senders:
+                _, pending = await asyncio.wait(senders, timeout=10)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*senders, return_exceptions=True)
             await self._flush_health()
             await self.session.close()
             await self.pool.close()
@@ -240,10 +240,27 @@ class Notifier:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _build_channels(self) -> None:
-        self.channels = {name: c.build() for name, c in self.configs.items() if c.enabled}
+        self.channels = {rid: c.build() for rid, c in self.configs.items() if c.enabled}
+
+    async def _load_receivers(self) -> None:
+        self.configs = await load_configs(self.pool, self.settings)
+        self._build_channels()
+        self._start_senders()
+
+    def _start_senders(self) -> None:
+        """A delivery worker for every receiver that has none yet (a removed receiver's
+        worker idles; its pending rows wait for it to come back)."""
+        for rid in (*REGISTRY, *self.channels):
+            if rid not in self.senders:
+                self.senders[rid] = asyncio.create_task(
+                    self._loop(f"deliver:{rid}", self._deliver_fn(rid), wake=self._wake(rid))
+                )
+
+    def _wake(self, rid: str) -> asyncio.Event:
+        return self.wake.setdefault(rid, asyncio.Event())
 
     @property
-    def available(self) -> frozenset[str]:
+    def available(self) -> Available:
         return enabled(self.configs)
 
     # -- the stream --------------------------------------------------------------------------
@@ -260,6 +277,9 @@ class Notifier:
     async def _consume_once(self) -> bool:
         stream = self.settings.streams.alerts
         if not self.ready.is_set():
+            # the receivers stored in the database before the first decision, so that no
+            # alert is decided without them
+            await self._load_receivers()
             await self._ensure_group()
             self.ready.set()
         entries: list[Any] = []
@@ -437,11 +457,13 @@ class Notifier:
             )
         self.counters["enqueued"] += len(plan.channels)
         for name in plan.channels:
-            self.wake[name].set()
+            self._wake(name).set()
 
     # -- timers ------------------------------------------------------------------------------
 
     async def _timers_once(self) -> bool:
+        if not self.ready.is_set():
+            return False
         async with self.pool.connection() as conn, conn.transaction():
             plans = await store.fire_due_timers(
                 conn,
@@ -506,8 +528,7 @@ class Notifier:
     async def _housekeeping_once(self) -> bool:
         if self.policy.maybe_reload():
             self.counters["policy_reloads"] += 1
-        self.configs = await load_configs(self.pool, self.settings)
-        self._build_channels()
+        await self._load_receivers()
         await self._flush_health()
         return False
 

@@ -13,7 +13,7 @@ here are leased and sent through :mod:`notifier.outbox`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -26,6 +26,7 @@ from notifier import decide
 from notifier.clock import iso, to_datetime
 from notifier.decide import Alert, DueTimer, Episode, Notice, Outcome, Plan
 from notifier.policy import NotifierPolicy
+from notifier.receivers import Available
 from qesmon.alerts import AlertState, AlertTransition
 from qesmon.errors import NotFound
 
@@ -329,7 +330,7 @@ async def record_transition(
     stream_id: str,
     *,
     policy: NotifierPolicy,
-    available: Collection[str],
+    available: Available,
     now: float,
     time_scale: float,
 ) -> Plan:
@@ -358,7 +359,7 @@ async def record_transition(
 
 
 async def fire_due_timers(
-    conn: Conn, *, now: float, available: Collection[str], time_scale: float, limit: int = 100
+    conn: Conn, *, now: float, available: Available, time_scale: float, limit: int = 100
 ) -> list[Plan]:
     """Fire escalation and repeat timers that are due (cancelling acknowledged/resolved ones)."""
     cur = conn.cursor(row_factory=dict_row)
@@ -388,7 +389,7 @@ async def acknowledge(
     by: str,
     *,
     now: float,
-    available: Collection[str],
+    available: Available,
     who: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Plan]:
     """Mark an alert acknowledged, stop its timers, queue acknowledged notices; the first
@@ -411,7 +412,7 @@ async def manual_resolve(
     by: str,
     *,
     now: float,
-    available: Collection[str],
+    available: Available,
     who: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Plan]:
     """Resolve an alert by hand: state, an alert event (with ``by`` and ``who``), and

@@ -10,7 +10,8 @@ Only ``main()`` functions call :meth:`Settings.from_env`; everything else receiv
 
 A few cross-cutting settings sit at the top (where the servers are, the rules, the Redis key
 prefix and shards, the log level); the rest is grouped by who reads it: :class:`ApiSettings`,
-:class:`PipelineSettings`, :class:`NotifierSettings`, :class:`ChannelSettings`. Each field
+:class:`PipelineSettings`, :class:`NotifierSettings`, :class:`ChannelSettings`, and
+:class:`UpSettings` (``qesmon up``'s children's credentials). Each field
 declares its environment variable, parser, check and mask once, next to it, with
 :func:`setting`; reading (:meth:`~Settings.from_env`), checking (:meth:`~Settings.validate`)
 and the start-up log (:meth:`~Settings.describe`) are derived from those declarations::
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from qesmon.addresses import AllowList
 from qesmon.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -395,9 +397,38 @@ class ChannelSettings:
         "PAGERDUTY_EVENTS_URL", "https://events.pagerduty.com/v2/enqueue", str
     )
     alertmanager_url: str | None = setting("ALERTMANAGER_URL", None, str)
+    #: receivers one tenant may configure (``/alerts/configure`` with a tenant's key)
+    receivers_per_tenant: int = setting("RECEIVERS_PER_TENANT", 20, int, check=at_least(1))
+    #: non-public addresses the channels may reach (qesmon.addresses): loopback, private, ...
+    outbound_allow: AllowList | None = setting("OUTBOUND_ALLOW", None, AllowList.parse)
     #: a channel config's ``${NAME}`` may only name variables starting with this
     reference_env_prefix: str = setting(
         "SECRET_ENV_PREFIX", "QESMON_SECRET_", str, check=_reference_env_prefix
+    )
+
+
+def _redis_url_or_none(url: str | None, holder: Any) -> str | None:
+    return None if url is None else url_scheme("redis", "rediss", "unix")(url, holder)
+
+
+def _mask_url_or_none(url: str | None) -> str | None:
+    return None if url is None else mask_url(url)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpSettings:
+    """The Redis users ``qesmon up`` gives its children, each its own (``scripts/setup.sh``
+    writes them into ``var/env.sh``; what each may do: ``scripts/redis-users.sh``). A child runs
+    with its URL as ``REDIS_URL``, or with ``REDIS_URL`` itself when its URL is not set."""
+
+    pipeline_redis_url: str | None = setting(
+        "QESMON_PIPELINE_REDIS_URL", None, str, check=_redis_url_or_none, mask=_mask_url_or_none
+    )
+    notifier_redis_url: str | None = setting(
+        "QESMON_NOTIFIER_REDIS_URL", None, str, check=_redis_url_or_none, mask=_mask_url_or_none
+    )
+    api_redis_url: str | None = setting(
+        "QESMON_API_REDIS_URL", None, str, check=_redis_url_or_none, mask=_mask_url_or_none
     )
 
 
@@ -427,6 +458,7 @@ class Settings:
     pipeline: PipelineSettings = group(PipelineSettings)
     notifier: NotifierSettings = group(NotifierSettings)
     channels: ChannelSettings = group(ChannelSettings)
+    up: UpSettings = group(UpSettings)
     #: every ``QESMON_*`` variable, for extensions (secrets masked in the log by their name)
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -455,11 +487,19 @@ class Settings:
     def describe(self) -> dict[str, Any]:
         """The effective configuration with every secret masked, for the start-up log."""
         out = _describe(self)
-        out["extra"] = {
-            k: mask_secret(v) if any(w in k.lower() for w in _SECRET_WORDS) else v
-            for k, v in self.extra.items()
-        }
+        out["extra"] = {k: _mask_extra(k, v) for k, v in self.extra.items()}
         return out
+
+
+def _mask_extra(name: str, value: str) -> str | None:
+    """An extension's variable for the log: masked when its name looks like a secret, and
+    a URL's password always (``QESMON_PRIVATE_REDIS_URL`` is the admin's URL)."""
+    if any(w in name.lower() for w in _SECRET_WORDS):
+        return mask_secret(value)
+    try:
+        return mask_url(value)
+    except ValueError:  # not a URL at all, e.g. "[": shown as it is only without a "@"
+        return "***" if "@" in value else value
 
 
 # -- derived from the declarations ---------------------------------------------------------
@@ -535,6 +575,7 @@ __all__ = [
     "PipelineSettings",
     "Settings",
     "StreamKeys",
+    "UpSettings",
     "Var",
     "is_loopback",
     "mask_secret",

@@ -20,10 +20,11 @@ import redis
 import redis.asyncio
 
 from qesmon.migrate import apply_migrations
-from qesmon.settings import Settings
+from qesmon.settings import ChannelSettings, Settings
+from tests.support.settings import LOOPBACK
 
 TABLES = (
-    "series, metric_rollups, alerts, alert_events, deliveries, channel_configs, api_keys,"
+    "series, metric_rollups, alerts, alert_events, deliveries, receivers, api_keys,"
     " notifier_seen_transitions, notifier_outbox, notifier_episodes, notifier_timers, audit_log"
 )
 
@@ -54,7 +55,12 @@ def base_settings() -> Iterator[Settings]:
         conn.execute(f'CREATE DATABASE "{dbname}"')
     url = _with_database(server_url, dbname)
     apply_migrations(url)
-    yield Settings(redis_url=redis_url, database_url=url, key_prefix=f"t{uuid.uuid4().hex[:8]}")
+    yield Settings(
+        redis_url=redis_url,
+        database_url=url,
+        key_prefix=f"t{uuid.uuid4().hex[:8]}",
+        channels=ChannelSettings(outbound_allow=LOOPBACK),
+    )
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 

@@ -31,9 +31,9 @@ gives the notifier (:data:`NOTIFICATIONS_YAML`) it escalates after a minute unle
 acknowledged.
 
 Notifications: the demo starts a webhook receiver on loopback that prints every notice it
-gets (``[notify] FIRING ...``) and points the notifier's ``webhook`` channel at it
-(``channel_configs``), unless ``WEBHOOK_URL`` or an earlier ``/alerts/configure`` already set
-that channel to something else. On exit it switches its own configuration off again.
+gets (``[notify] FIRING ...``) and points the platform's ``webhook`` receiver at it,
+unless ``WEBHOOK_URL`` or an earlier ``/alerts/configure`` already set that receiver to
+something else. On exit it switches its own configuration off again.
 
 ``--backfill 7d`` first writes the past period, ending where the current hour starts, into
 the backfill shard (``settings.streams.backfill``; its own watermark, no rules), so that

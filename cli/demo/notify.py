@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -108,6 +110,27 @@ class WebhookReceiver:
             self._runner = None
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now: ``qesmon up`` gives it to the receiver and
+    allows the notifier to reach it (see :func:`outbound_allow`)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def outbound_allow(settings: Settings, port: int) -> str:
+    """``OUTBOUND_ALLOW`` that lets the notifier reach the receiver on loopback ``port``, which
+    the outbound guard refuses otherwise, besides what the operator allowed."""
+    allowed = str(settings.channels.outbound_allow or "")
+    return ",".join(part for part in (allowed, f"127.0.0.1:{port}") if part)
+
+
+def reaches(settings: Settings, port: int) -> bool:
+    """Whether a notifier with ``settings`` may reach the receiver on loopback ``port``."""
+    allow = settings.channels.outbound_allow
+    return allow is not None and allow.allows(ipaddress.ip_address("127.0.0.1"), port)
+
+
 def _webhook_config(url: str) -> dict[str, Any]:
     return {"url": url, "headers": {DEMO_HEADER: "receiver"}, "format": "alertmanager"}
 
@@ -117,7 +140,7 @@ def _webhook_row(settings: Settings) -> tuple[bool, dict[str, Any]] | None:
 
     with connect(settings.database_url, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT enabled, config FROM channel_configs WHERE channel = 'webhook'"
+            "SELECT enabled, config FROM receivers WHERE tenant_id = '' AND name = 'webhook'"
         ).fetchone()
     if row is None:
         return None

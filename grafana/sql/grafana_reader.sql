@@ -1,5 +1,5 @@
 -- Grafana's read-only database role: SELECT on what the dashboards read, nothing else
--- (no api_keys, no channel_configs: those hold key hashes and channel secrets).
+-- (no api_keys, no receivers: those hold key hashes and channel secrets).
 --
 -- Run with psql after `qesmon migrate` (docker-compose.yml does, as the grafana-db-reader
 -- service); idempotent, so it runs on every start and picks up a changed password:

@@ -4,8 +4,10 @@ credential × platform or tenant-scoped key, each answer checked against the rou
 Credentials: none, a bad key, an expired key, a revoked key, and a live viewer, responder
 and admin key. The expected answer follows from the policy alone: 401 for anything that is
 not a live key, 403 ``<policy>_required`` for a role below the route's, else the route's own
-answer; a tenant-scoped key asking about another tenant gets 403 for reads and records and
-404 for that tenant's alerts (it cannot tell them from missing ones).
+answer; a tenant-scoped key asking about another tenant gets 403 for reads, records and
+receivers and 404 for that tenant's alerts (it cannot tell them from missing ones). The
+platform and both tenants have a receiver ``webhook``: "own" is the key's own (a tenant key
+cannot name the platform's at all), "other" is tenant B's.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import Any
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient
+from psycopg.types.json import Jsonb
 
 from api.keys import ROLE_RANK, create_key_sync, hash_key, revoke_key_sync
-from api.routes import PREFIX, ROUTES, Route
+from api.routes import ROUTES, Route
 from tests.api.conftest import auth
 
 TENANT = "tenant-a"
@@ -87,9 +90,21 @@ def _calls(route: Route, alerts: dict[str, int]) -> dict[str, Call]:
             "other": Call(route.method, path, {}, {**body, "tenant_id": OTHER}),
         }
     if path.endswith("/alerts/configure"):
-        return {"own": Call(route.method, path, {}, HOOK)}
+        return {
+            "own": Call(route.method, path, {}, HOOK),
+            "other": Call(route.method, path, {}, {**HOOK, "tenant_id": OTHER}),
+        }
     if path.endswith("/alerts/test"):
-        return {"own": Call(route.method, path, {"channel": "webhook"}, None)}
+        return {
+            "own": Call(route.method, path, {"channel": "webhook"}, None),
+            "other": Call(route.method, path, {"channel": "webhook", "tenant_id": OTHER}, None),
+        }
+    if "{receiver}" in path:
+        path = path.replace("{receiver}", "webhook")
+        return {
+            "own": Call(route.method, path, {}, None),
+            "other": Call(route.method, path, {"tenant_id": OTHER}, None),
+        }
     if route.policy != "public":
         return {
             "own": Call(route.method, path, {}, None),
@@ -121,20 +136,28 @@ def expected(route: Route, credential: str, scope: str, which: str) -> tuple[set
     return _success(route), None
 
 
+def _receivers(db: psycopg.Connection[Any]) -> None:
+    """A disabled ``webhook`` receiver for the platform and for both tenants."""
+    for tenant in ("", TENANT, OTHER):
+        db.execute(
+            "INSERT INTO receivers (tenant_id, name, channel, enabled, config)"
+            " VALUES (%s, 'webhook', 'webhook', false, %s) ON CONFLICT DO NOTHING",
+            (tenant, Jsonb(HOOK["config"])),
+        )
+
+
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r.method} {r.path}")
 async def test_every_route_answers_every_credential_as_its_policy_says(
     client: TestClient[Any, Any], db: psycopg.Connection[Any], route: Route
 ) -> None:
     alerts = {"own": _alert(db, TENANT), "other": _alert(db, OTHER)}
-    admin = create_key_sync(db, role="admin", name="setup")
-    setup = await client.post(f"{PREFIX}/alerts/configure", json=HOOK, headers=auth(admin))
-    assert setup.status == 200, await setup.text()
     keys = {(c, s): _key(db, c, s) for c in CREDENTIALS for s in SCOPES}
     calls = _calls(route, alerts)
     got: dict[tuple[str, str, str], tuple[int, str | None]] = {}
     want: dict[tuple[str, str, str], tuple[int, str | None]] = {}
     for (credential, scope), key in keys.items():
         for which, call in calls.items():
+            _receivers(db)  # again: the DELETE route removes them
             resp = await client.request(
                 call.method,
                 call.path,

@@ -178,7 +178,7 @@ def test_demo_fills_every_event_type_fires_and_resolves_alerts_and_the_dashboard
         assert procs["demo"].stop() == 0, procs["demo"].log()
         # the demo switched its webhook configuration off on the way out
         enabled = db.execute(
-            "SELECT enabled FROM channel_configs WHERE channel = 'webhook'"
+            "SELECT enabled FROM receivers WHERE tenant_id = '' AND name = 'webhook'"
         ).fetchone()
         assert enabled == (False,)
     finally:

@@ -75,7 +75,7 @@ async def test_the_receiver_prints_each_notice_and_refuses_what_is_not_json() ->
 
 def _webhook(db: psycopg.Connection[tuple[object, ...]]) -> tuple[object, ...] | None:
     return db.execute(
-        "SELECT enabled, config FROM channel_configs WHERE channel = 'webhook'"
+        "SELECT enabled, config FROM receivers WHERE tenant_id = '' AND name = 'webhook'"
     ).fetchone()
 
 

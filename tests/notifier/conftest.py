@@ -24,11 +24,12 @@ import redis.asyncio
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
+from notifier import outbound
 from notifier.clock import Clock, FakeClock
 from notifier.service import Notifier
 from qesmon.alerts import AlertState, AlertTransition, Severity
 from qesmon.settings import Settings
-from tests.support.settings import replace_settings
+from tests.support.settings import LOOPBACK, replace_settings
 
 
 @dataclass
@@ -152,7 +153,8 @@ async def pool(nsettings: Settings) -> AsyncIterator[AsyncConnectionPool[Any]]:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
+    """The channels' session, allowed to reach the loopback receivers."""
+    async with outbound.session(LOOPBACK) as s:
         yield s
 
 
@@ -210,9 +212,9 @@ async def wait_for(
 async def configure(pool: AsyncConnectionPool[Any], channel: str, config: dict[str, Any]) -> None:
     async with pool.connection() as conn:
         await conn.execute(
-            "INSERT INTO channel_configs (channel, enabled, config) VALUES (%s, true, %s)"
-            " ON CONFLICT (channel) DO UPDATE SET config = EXCLUDED.config",
-            (channel, psycopg.types.json.Jsonb(config)),
+            "INSERT INTO receivers (name, channel, enabled, config) VALUES (%s, %s, true, %s)"
+            " ON CONFLICT (tenant_id, name) DO UPDATE SET config = EXCLUDED.config",
+            (channel, channel, psycopg.types.json.Jsonb(config)),
         )
 
 

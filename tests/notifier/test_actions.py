@@ -26,6 +26,8 @@ async def test_configure_channel_stores_as_given_and_answers_masked(
         pool, nsettings, "slack", True, {"webhook_url": secret}
     )
     assert result == {
+        "receiver": "slack",
+        "tenant_id": None,
         "channel": "slack",
         "enabled": True,
         "source": "api",
@@ -48,7 +50,7 @@ async def test_configure_channel_stores_as_given_and_answers_masked(
     stored = dict(
         await rows(
             pool,
-            "SELECT channel, config->>'webhook_url' FROM channel_configs WHERE channel = 'slack'",
+            "SELECT channel, config->>'webhook_url' FROM receivers WHERE channel = 'slack'",
         )
     )
     assert stored == {"slack": secret}
@@ -69,7 +71,7 @@ async def test_configure_channel_refuses_a_bad_field_and_stores_nothing(
         )
     with pytest.raises(ChannelError, match="unknown channel"):
         actions.validate_channel_config("telegram", {})
-    assert await rows(pool, "SELECT * FROM channel_configs") == []
+    assert await rows(pool, "SELECT * FROM receivers") == []
 
 
 async def test_send_test_delivers_a_real_message_and_records_it(
@@ -86,10 +88,10 @@ async def test_send_test_delivers_a_real_message_and_records_it(
     assert result["latency_ms"] >= 0
     body = receiver.requests[0].json()
     assert body["event"] == "test" and body["message"].startswith("Test notification")
-    receiver.default = Answer(403, body=b"forbidden")
+    receiver.default = Answer(403, body=b"<h1>nginx/1.2.3 at 10.0.0.7</h1>")
     failed = await actions.send_test(pool, nsettings, session, "webhook")
     assert failed["ok"] is False and failed["status"] == 403
-    assert failed["error"] == "webhook: HTTP 403: forbidden"
+    assert failed["error"] == "webhook: HTTP 403 Forbidden"  # the answer is not repeated
     recorded = await rows(pool, "SELECT channel, status, http_status FROM deliveries ORDER BY id")
     assert recorded == [("webhook", "sent", 200), ("webhook", "failed", 403)]
     with pytest.raises(ChannelError, match="not configured"):

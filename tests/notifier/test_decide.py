@@ -9,13 +9,14 @@ from notifier import decide
 from notifier.decide import Alert, DueTimer, Episode, NewTimer, Outcome
 from notifier.escalation import EscalationPolicy, Level
 from notifier.policy import NotifierPolicy
+from notifier.receivers import Available
 from notifier.routing import Matcher, Route, RoutingConfig
 from qesmon.alerts import AlertState, Severity
 from tests.notifier.conftest import transition
 
 AT = 1_700_000_000.0
 NOW = AT + 2.0
-ALL = frozenset({"slack", "webhook", "sms", "pagerduty", "email"})
+ALL = Available.platform({"slack", "webhook", "sms", "pagerduty", "email"})
 
 POLICY = NotifierPolicy(
     routing=RoutingConfig(
@@ -76,7 +77,7 @@ def episode(**changes: Any) -> Episode:
     return replace(base, **changes)
 
 
-def fire(available: frozenset[str] = ALL, **kwargs: Any) -> decide.Plan:
+def fire(available: Available = ALL, **kwargs: Any) -> decide.Plan:
     return decide.firing(
         transition(**kwargs),
         alert(),
@@ -143,14 +144,14 @@ def test_a_second_firing_of_a_told_episode_is_deduped() -> None:
 
 
 def test_unconfigured_channels_are_skipped_and_never_counted_as_told() -> None:
-    plan = fire(available=frozenset({"slack"}))
+    plan = fire(available=Available.platform({"slack"}))
     assert plan.channels == ["slack"]
     assert plan.skipped == ("webhook", "pagerduty")
     assert plan.episode is not None and plan.episode.told_channels == ("slack",)
 
 
 def test_with_no_channel_to_tell_there_is_no_repeat_timer() -> None:
-    plan = fire(available=frozenset(), severity=Severity.WARNING)
+    plan = fire(available=Available(), severity=Severity.WARNING)
     assert plan.outbox == () and plan.skipped == ("slack",)
     assert plan.timers == ()
 
@@ -198,7 +199,7 @@ def test_resolved_twice_is_deduped_and_an_untold_episode_is_ignored() -> None:
 
 def test_resolved_notices_skip_channels_switched_off_since_firing() -> None:
     t = transition(to=AlertState.RESOLVED, at=AT + 120)
-    plan = decide.resolved(t, alert(), [], episode(), POLICY, {"slack"}, now=AT + 121)
+    plan = decide.resolved(t, alert(), [], episode(), POLICY, Available.platform({"slack"}), now=AT + 121)
     assert plan.channels == ["slack"] and plan.skipped == ("webhook", "pagerduty")
 
 

@@ -391,7 +391,7 @@ def test_a_panel_with_a_typo_fails_the_check(ops_data: OpsData) -> None:
 def test_the_grafana_role_reads_dashboards_only_and_cannot_write(ops_data: OpsData) -> None:
     with psycopg.connect(ops_data.reader_url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM metrics_rollup").fetchone() != (0,)
-        for table in ("api_keys", "channel_configs", "metric_rollups"):
+        for table in ("api_keys", "receivers", "metric_rollups"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"SELECT * FROM {table} LIMIT 1")
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
