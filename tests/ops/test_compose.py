@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from qesmon.errors import ConfigError
 from qesmon.settings import ENV, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +35,11 @@ SEED_ENV = {
     "RULES_DIR",
 }
 SECRET = re.compile(r"PASSWORD|SECRET|TOKEN|WEBHOOK|API_KEY", re.I)
+#: what .env must give (compose refuses to start without them), with stand-in values
+REQUIRED = {"POSTGRES_PASSWORD": "x", "PROMETHEUS_METRICS_BEARER_TOKEN": "0123456789abcdef" * 2}
+#: every port published on the host: the API on every interface, Grafana on loopback only
+PUBLISHED = {"api": ["0.0.0.0:8000:8000"], "grafana": ["127.0.0.1:3000:3000"]}
+METRICS_TOKEN = "/run/secrets/qesmon_metrics_token"
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
 
@@ -149,9 +155,17 @@ def test_qesmon_environment_uses_the_settings_names_and_is_valid() -> None:
         assert set(env) <= known, f"{name}: unknown variables {set(env) - known}"
         assert set(env) >= SEED_ENV, f"{name}: missing {SEED_ENV - set(env)}"
         # With only the required secrets set, the values are what Settings accepts.
-        resolved = {k: interpolate(str(v), {"POSTGRES_PASSWORD": "x"}) for k, v in env.items()}
+        resolved = {k: interpolate(str(v), REQUIRED) for k, v in env.items()}
         settings = Settings.from_env(resolved)
         assert settings.api.host == "0.0.0.0"
+        # only the api holds the scrape token, and its exporter needs it on 0.0.0.0
+        if name == "api":
+            assert settings.api.metrics_host == "0.0.0.0"
+            assert settings.api.metrics_bearer_token == REQUIRED["PROMETHEUS_METRICS_BEARER_TOKEN"]
+            assert not settings.api.metrics_allow_anonymous
+        else:
+            assert "PROMETHEUS_METRICS_BEARER_TOKEN" not in env, name
+            assert settings.api.metrics_host == "127.0.0.1", name
         assert (settings.api.port, settings.api.metrics_port) == (8000, 8001)
         assert urlhost(settings.redis_url) == "redis"
         assert urlhost(settings.database_url) == "timescaledb"
@@ -183,14 +197,58 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
         assert not re.search(r"://[^$\s/]*:[^$\s@]+@", line), f"credentials in a URL: {line}"
 
 
+def _published(service: dict[str, Any]) -> list[str]:
+    """A service's published ports as ``host_ip:host_port:container_port``."""
+    out = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):  # the long syntax
+            ip, host, target = port.get("host_ip", "0.0.0.0"), port["published"], port["target"]
+        else:
+            parts = interpolate(str(port), {}).split(":")
+            ip = parts[0] if len(parts) == 3 else "0.0.0.0"
+            host, target = parts[-2] if len(parts) > 1 else "", parts[-1]
+        out.append(f"{ip}:{host}:{target}")
+    return out
+
+
+def test_only_the_api_is_published_and_grafana_on_the_hosts_loopback_only() -> None:
+    published = {name: _published(s) for name, s in _services().items() if _published(s)}
+    assert published == PUBLISHED
+    for name, service in _services().items():
+        # host networking would publish every port the service listens on
+        assert service.get("network_mode") is None, name
+
+
+def test_the_exporter_needs_a_token_prometheus_sends_from_a_secret() -> None:
+    services = _services()
+    api_env = services["api"]["environment"]
+    reference = _REF.fullmatch(str(api_env["PROMETHEUS_METRICS_BEARER_TOKEN"]))
+    assert reference and reference.group(2) == ":?", "the token must be required"
+    resolved = {k: interpolate(str(v), REQUIRED) for k, v in api_env.items()}
+    del resolved["PROMETHEUS_METRICS_BEARER_TOKEN"]
+    with pytest.raises(ConfigError, match=re.escape("PROMETHEUS_METRICS_HOST '0.0.0.0' is not")):
+        Settings.from_env(resolved)
+    secret = _compose()["secrets"]["qesmon_metrics_token"]
+    assert secret == {"environment": reference.group(1)}
+    assert services["prometheus"]["secrets"] == ["qesmon_metrics_token"]
+    scrape = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in scrape["scrape_configs"] if j["job_name"] == "qes-monitoring")
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": METRICS_TOKEN}
+
+
+def test_prometheus_has_no_lifecycle_api_and_alertmanager_no_cluster_port() -> None:
+    services = _services()
+    prom_cmd = services["prometheus"]["command"]
+    assert not [flag for flag in prom_cmd if flag.startswith(("--web.enable-", "--web.listen"))]
+    am_cmd = services["alertmanager"]["command"]
+    assert "--cluster.listen-address=" in am_cmd
+    assert not [flag for flag in am_cmd if flag.startswith("--web.listen")]
+
+
 def test_ports_match_the_settings_and_the_scrape_target() -> None:
     services = _services()
     defaults = Settings()
-    published = [interpolate(p, {}) for p in services["api"]["ports"]]
-    assert published == [
-        f"{defaults.api.port}:{defaults.api.port}",
-        f"{defaults.api.metrics_port}:{defaults.api.metrics_port}",
-    ]
+    assert _published(services["api"]) == [f"0.0.0.0:{defaults.api.port}:{defaults.api.port}"]
     scrape = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
     job = next(j for j in scrape["scrape_configs"] if j["job_name"] == "qes-monitoring")
     assert job["static_configs"][0]["targets"] == [f"api:{defaults.api.metrics_port}"]
@@ -199,7 +257,6 @@ def test_ports_match_the_settings_and_the_scrape_target() -> None:
     assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
     am_cmd = services["alertmanager"]["command"]
     assert "--config.file=/etc/alertmanager/alertmanager.yml" in am_cmd
-    assert [interpolate(p, {}) for p in services["alertmanager"]["ports"]] == ["9093:9093"]
     assert scrape["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
         "alertmanager:9093"
     ]

@@ -42,6 +42,10 @@ PROMETHEUS_DIR = ROOT / "prometheus"
 RULES = PROMETHEUS_DIR / "rules" / "qes-alerts.yml"
 ALERTMANAGER_YML = ROOT / "alertmanager" / "alertmanager.yml"
 DASHBOARDS = ROOT / "grafana" / "dashboards" / "qes-monitoring"
+#: where docker-compose.yml mounts the exporter's bearer token for Prometheus
+METRICS_TOKEN_FILE = "/run/secrets/qesmon_metrics_token"
+#: the exporter's token in these tests
+TOKEN = "ops-test-token-0123456789abcdef"
 
 #: the six pre-configured alerts of the seed and the pipeline health alerts
 EXPECTED_ALERTS = {
@@ -81,8 +85,16 @@ def _get(url: str) -> Any:
 # ---------------------------------------------------------------- static checks --
 
 
-def test_promtool_accepts_the_config_and_the_rules() -> None:
-    out = _run(_tool("promtool"), "check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
+def test_promtool_accepts_the_config_and_the_rules(tmp_path: Path) -> None:
+    shipped = PROMETHEUS_DIR / "prometheus.yml"
+    _run(_tool("promtool"), "check", "config", "--syntax-only", str(shipped))
+    # the full check also opens the files the config names: the token file only exists in
+    # the Prometheus container, so here it is a file of this test
+    config = yaml.safe_load(shipped.read_text())
+    config["rule_files"] = [str(PROMETHEUS_DIR / p) for p in config["rule_files"]]
+    _scrape_job(config)["authorization"]["credentials_file"] = str(_token_file(tmp_path))
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    out = _run(_tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml"))
     assert "SUCCESS: 1 rule files found" in out
     out = _run(_tool("promtool"), "check", "rules", str(RULES))
     assert f"SUCCESS: {len(EXPECTED_ALERTS)} rules found" in out
@@ -116,11 +128,26 @@ def test_alert_rules_use_the_exporter_metric_names_and_severities() -> None:
         assert {"summary", "description", "runbook"} <= set(rules[name]["annotations"]), name
 
 
-def test_scrape_job_targets_the_api_exporter_port() -> None:
+def _scrape_job(config: dict[str, Any]) -> dict[str, Any]:
+    job: dict[str, Any] = next(
+        j for j in config["scrape_configs"] if j["job_name"] == "qes-monitoring"
+    )
+    return job
+
+
+def _token_file(tmp: Path, token: str = TOKEN) -> Path:
+    path = tmp / "metrics-token"
+    path.write_text(token + "\n")  # as a secret file usually ends; Prometheus trims it
+    return path
+
+
+def test_scrape_job_targets_the_api_exporter_port_with_its_token() -> None:
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
-    targets = [t for sc in jobs["qes-monitoring"]["static_configs"] for t in sc["targets"]]
+    job = _scrape_job(config)
+    targets = [t for sc in job["static_configs"] for t in sc["targets"]]
     assert targets == ["api:8001"]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": METRICS_TOKEN_FILE}
+    assert "basic_auth" not in job and "bearer_token" not in job  # no secret in the file
     am = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert am == ["alertmanager:9093"]
 
@@ -201,6 +228,7 @@ def exporter(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) 
             API_HOST="127.0.0.1",
             API_PORT=str(settings.api.port),
             PROMETHEUS_METRICS_PORT=str(settings.api.metrics_port),
+            PROMETHEUS_METRICS_BEARER_TOKEN=TOKEN,
         )
         log = tmp_path_factory.mktemp("api") / "api.log"
         proc = QesmonProcess(["api"], env, log).start()
@@ -208,8 +236,11 @@ def exporter(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) 
 
         def quota_exported() -> bool:
             assert proc is not None and proc.alive(), f"qesmon api exited:\n{proc and proc.log()}"
+            request = urllib.request.Request(
+                metrics_url, headers={"Authorization": f"Bearer {TOKEN}"}
+            )
             try:
-                with urllib.request.urlopen(metrics_url, timeout=2) as response:
+                with urllib.request.urlopen(request, timeout=2) as response:
                     text = response.read().decode()
             except OSError:
                 return False
@@ -251,15 +282,21 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _prometheus_config(
-    tmp: Path, exporter_port: int, am_port: int | None, rule_files: list[Path]
+    tmp: Path,
+    exporter_port: int,
+    am_port: int | None,
+    rule_files: list[Path],
+    token: str = TOKEN,
 ) -> Path:
-    """The repository's prometheus.yml with loopback targets and fast intervals."""
+    """The repository's prometheus.yml with loopback targets, fast intervals, and the
+    exporter's token in a file of this test instead of the compose secret."""
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
     config["rule_files"] = [str(p) for p in rule_files]
-    jobs = [j for j in config["scrape_configs"] if j["job_name"] == "qes-monitoring"]
-    jobs[0]["static_configs"] = [{"targets": [f"127.0.0.1:{exporter_port}"]}]
-    config["scrape_configs"] = jobs
+    job = _scrape_job(config)
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{exporter_port}"]}]
+    job["authorization"]["credentials_file"] = str(_token_file(tmp, token))
+    config["scrape_configs"] = [job]
     if am_port is None:
         del config["alerting"]
     else:
@@ -323,6 +360,25 @@ def test_real_prometheus_scrapes_the_exporter_and_evaluates_the_rules(
                         query = urllib.parse.urlencode({"query": target_["expr"]})
                         answer = _get(f"{base}/api/v1/query?{query}")
                         assert answer["status"] == "success", (panel["title"], answer)
+    finally:
+        _stop(proc)
+
+
+def test_a_prometheus_without_the_token_gets_401_from_the_exporter(
+    exporter: int, tmp_path: Path
+) -> None:
+    config = _prometheus_config(tmp_path, exporter, None, [], token="not-the-token-0123456789")
+    proc, base = _run_prometheus(tmp_path, config)
+    try:
+
+        def scraped_once() -> dict[str, Any] | None:
+            targets = _get(f"{base}/api/v1/targets")["data"]["activeTargets"]
+            done = [t for t in targets if t["health"] != "unknown"]
+            return done[0] if done else None
+
+        target = wait_for(scraped_once, 20, "the first scrape", interval=0.2)
+        assert target["health"] == "down"
+        assert "401" in target["lastError"], target["lastError"]
     finally:
         _stop(proc)
 
