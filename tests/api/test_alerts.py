@@ -85,9 +85,7 @@ async def test_configure_validates_per_channel_and_never_returns_the_secret(
     assert resp.status == 200, await resp.text()
     text = await resp.text()
     assert "very-secret-token" not in text
-    assert db.execute("SELECT channel, enabled FROM receivers").fetchall() == [
-        ("slack", True)
-    ]
+    assert db.execute("SELECT channel, enabled FROM receivers").fetchall() == [("slack", True)]
     for body, fragment in (
         ({"channel": "slack", "config": {"webhook_url": "not a url"}}, "webhook_url"),
         ({"channel": "carrier-pigeon", "config": {}}, "carrier-pigeon"),

@@ -199,7 +199,9 @@ def test_resolved_twice_is_deduped_and_an_untold_episode_is_ignored() -> None:
 
 def test_resolved_notices_skip_channels_switched_off_since_firing() -> None:
     t = transition(to=AlertState.RESOLVED, at=AT + 120)
-    plan = decide.resolved(t, alert(), [], episode(), POLICY, Available.platform({"slack"}), now=AT + 121)
+    plan = decide.resolved(
+        t, alert(), [], episode(), POLICY, Available.platform({"slack"}), now=AT + 121
+    )
     assert plan.channels == ["slack"] and plan.skipped == ("webhook", "pagerduty")
 
 
