@@ -12,7 +12,7 @@ it when the app stops::
                   statement timeout (report_connection)
     REPORT_MERGES the threads that merge the reports' sketches          report_pool_ctx
     REDIS         the Redis client                                     redis_ctx
-    HTTP          the outbound aiohttp.ClientSession (channel tests)   http_ctx
+    HTTP          the guarded outbound session (notifier.outbound)     http_ctx
     REPORT_CACHE  finished report documents (api/respcache)            reports_ctx
     HOUR_CACHE    merged closed hours of rollups (api/store)
     KEY_CACHE     API keys recently checked (api/auth)
@@ -51,6 +51,7 @@ from api.auth import KeyCache
 from api.monitor import ResourceMonitor
 from api.respcache import ReportCache
 from api.store import MERGE_EXECUTOR, Conn, HourCache
+from notifier import outbound
 from qesmon.errors import ApiError
 from qesmon.settings import Settings
 
@@ -175,7 +176,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def http_ctx(app: web.Application) -> AsyncIterator[None]:
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+    session = outbound.session(
+        app[SETTINGS].channels.outbound_allow, timeout=aiohttp.ClientTimeout(total=15)
+    )
     app[HTTP] = session
     yield
     await session.close()

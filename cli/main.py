@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--no-receiver", action="store_true", help="no webhook receiver, webhook channel untouched"
     )
+    demo.add_argument(
+        "--receiver-port", type=int, default=0, help="the receiver's loopback port (0: any)"
+    )
     return parser
 
 
@@ -194,6 +197,7 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     which may end on its own, is not); see :mod:`cli.supervisor`. A second Ctrl-C kills
     the children instead of waiting for them."""
     from cli.demo import notifier_rules_dir, session
+    from cli.demo.notify import free_port, outbound_allow
     from cli.supervisor import Spec, Supervisor
     from qesmon.migrate import apply_migrations
 
@@ -204,11 +208,17 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     demo_off = session.why_no_demo(settings, no_demo=args.no_demo)
     routing = None
     if demo_off is None:
-        commands.append(["demo", "--backfill", "7d"])
+        # the demo's receiver listens on loopback, which the outbound guard refuses: the
+        # notifier may reach exactly its port (the demo gets the same list, to check it)
+        port = free_port()
+        commands.append(["demo", "--backfill", "7d", "--receiver-port", str(port)])
         # the demo routes alerts to its own webhook receiver (the notifier reads routing
         # from RULES_DIR only, so it gets a directory of its own)
         routing = notifier_rules_dir(settings.rules_dir, Path("var/demo"))
         envs["notifier"] = {**env, "RULES_DIR": str(routing)}
+        allow = outbound_allow(settings, port)
+        envs["notifier"]["OUTBOUND_ALLOW"] = allow
+        envs["demo"] = {**env, "OUTBOUND_ALLOW": allow}
     key = session.create_session_key(settings)
     supervisor = Supervisor(
         [

@@ -20,7 +20,7 @@ import redis
 import redis.asyncio as aioredis
 
 from cli.demo.incidents import CYCLE, INCIDENTS, Effects, Incident, Schedule, quota_tenant
-from cli.demo.notify import WebhookReceiver, claim_webhook, release_webhook
+from cli.demo.notify import WebhookReceiver, claim_webhook, reaches, release_webhook
 from cli.demo.platform import Tenant, make_tenants
 from cli.demo.traffic import EVENTS_PER_REQUEST, Ev, Intervals, Traffic, diurnal, poisson
 from qesmon.errors import ConfigError
@@ -65,6 +65,8 @@ class DemoOptions:
     speed: float = 1.0
     seed: int = 1
     receiver: bool = True
+    #: the receiver's loopback port (0: any free one)
+    receiver_port: int = 0
     progress_every: float = 30.0
 
     def __post_init__(self) -> None:
@@ -74,6 +76,7 @@ class DemoOptions:
             ("--duration", self.duration >= 0, "must be >= 0 seconds (0 = until stopped)"),
             ("--backfill-rate", 0 < self.backfill_rate <= 100, "must be > 0 and at most 100"),
             ("--speed", 0 < self.speed <= 1000, "must be > 0 and at most 1000"),
+            ("--receiver-port", 0 <= self.receiver_port < 65536, "must be a TCP port (0: any)"),
         ]
         for option, ok, message in checks:
             if not ok:
@@ -91,6 +94,7 @@ class DemoOptions:
             speed=float(getattr(args, "speed", 1.0)),
             seed=int(getattr(args, "seed", 1)),
             receiver=not getattr(args, "no_receiver", False),
+            receiver_port=int(getattr(args, "receiver_port", 0)),
         )
 
 
@@ -265,7 +269,7 @@ async def run(settings: Settings, options: DemoOptions, out: TextIO = sys.stdout
     claimed = False
     try:
         if options.receiver:
-            receiver = WebhookReceiver(out)
+            receiver = WebhookReceiver(out, options.receiver_port)
             url = await receiver.start()
             why = await asyncio.to_thread(claim_webhook, settings, url)
             claimed = why is None
@@ -273,6 +277,11 @@ async def run(settings: Settings, options: DemoOptions, out: TextIO = sys.stdout
                 f"webhook receiver on {url}: "
                 + ("the notifier's webhook channel now points here" if claimed else str(why))
             )
+            if claimed and not reaches(settings, receiver.port):
+                state.say(
+                    "the notifier reaches it only when allowed to (the outbound guard refuses "
+                    f"loopback): run it with OUTBOUND_ALLOW=127.0.0.1:{receiver.port}"
+                )
         if options.backfill:
             await state.backfill(tenants, options.backfill)
         if not state.stop.is_set():

@@ -6,12 +6,15 @@ name (see :mod:`notifier.channels`). It knows three things: how to validate its 
 from the environment (:meth:`Channel.from_settings`), and how to put a :class:`Message` on
 the wire (:meth:`Channel.send`), raising :class:`DeliveryError` with ``retryable`` set by the
 one policy in :func:`check_http` (2xx ok; 408, 429 and 5xx retried, 429 with its
-Retry-After; any other status given up).
+Retry-After; any other status given up, redirects included: channels do not follow them).
+An error says the status and a short reason of ours, never the receiver's answer, and
+connections go only where :mod:`notifier.outbound` allows (a refusal is not retried).
 """
 
 from __future__ import annotations
 
 import email.utils
+import http
 import re
 import time
 from abc import ABC, abstractmethod
@@ -23,6 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from notifier import outbound
 from notifier.clock import Clock, SystemClock
 from notifier.secrets import DEFAULT_PREFIX, allowed, invalid, is_reference, resolve
 from notifier.templating import Renderer, build_context
@@ -56,7 +60,10 @@ class SendResult:
 
 @dataclass(slots=True)
 class SendEnv:
-    """What a send needs besides the message: HTTP session, templates, the environment."""
+    """What a send needs besides the message: HTTP session, templates, the environment.
+
+    The session comes from :func:`notifier.outbound.session`: its guard decides where the
+    channels may connect, over HTTP and SMTP alike."""
 
     session: aiohttp.ClientSession
     renderer: Renderer
@@ -162,6 +169,7 @@ class Channel(ABC):
         timeout: float = 10.0,
     ) -> tuple[int, bytes]:
         """POST and return ``(status, body)`` for a 2xx; raise DeliveryError otherwise."""
+        outbound.guard_of(session)  # never through a session without the outbound guard
         hdrs = dict(headers or {})
         data: Any = None
         if json_body is not None:
@@ -183,15 +191,29 @@ class Channel(ABC):
         except TimeoutError:
             raise self.error(f"no answer within {timeout:g} s", retryable=True) from None
         except aiohttp.ClientError as exc:
+            refusal = outbound.refused(exc)
+            if refusal is not None:
+                raise self.error(str(refusal), retryable=False) from None
+            if isinstance(exc, aiohttp.InvalidURL):  # e.g. http://2130706433/: never canonical
+                raise self.error("the URL's host is not valid", retryable=False) from None
             raise self.error(f"connection failed: {type(exc).__name__}", retryable=True) from None
 
 
+def http_summary(status: int) -> str:
+    """``HTTP 404 Not Found``: the status with its standard reason (not the receiver's)."""
+    try:
+        return f"HTTP {status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
 def check_http(channel: str, status: int, headers: Mapping[str, str], body: bytes) -> None:
-    """Raise DeliveryError unless ``status`` is 2xx; decide whether a retry can help."""
+    """Raise DeliveryError unless ``status`` is 2xx; decide whether a retry can help. The
+    error says the status only: the receiver's answer is not repeated (``/alerts/test``
+    would make it a probe of whatever answers there)."""
     if 200 <= status < 300:
         return
-    excerpt = body[:300].decode("utf-8", "replace").strip()
-    text = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
+    text = http_summary(status)
     if status == 429:
         raise DeliveryError(
             text, channel, status=status, retryable=True, retry_after=retry_after(headers, body)

@@ -5,10 +5,14 @@ Uses :mod:`aiosmtplib`. The message is ``multipart/alternative`` with a plain-te
 subject comes from ``<event>.subject.j2``. SMTP 4xx replies and connection or TLS failures
 are retried; 5xx replies (bad credentials, refused recipients, size) are not.
 ``starttls: true`` (the default) refuses to send if the server does not offer STARTTLS.
+The connection goes to an address of ``smtp_host`` that the outbound guard checked
+(:meth:`notifier.outbound.OutboundGuard.connect`); TLS verifies the server as ``smtp_host``.
+Errors give the SMTP code with its standard meaning, not the server's text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Mapping
 from email.message import EmailMessage
@@ -17,9 +21,40 @@ from typing import Any, ClassVar
 
 import aiosmtplib
 
+from notifier import outbound
 from notifier.channels.base import Channel, Message, SendEnv, SendResult, register
 from notifier.secrets import DEFAULT_PREFIX
 from qesmon.settings import ChannelSettings
+
+#: what an SMTP reply code means (RFC 5321, 4954, 3207), said instead of the server's text
+SMTP_REPLIES = {
+    421: "service not available",
+    450: "mailbox unavailable",
+    451: "local error in processing",
+    452: "insufficient system storage",
+    454: "temporary authentication failure",
+    500: "command not recognised",
+    501: "syntax error in parameters",
+    502: "command not implemented",
+    503: "bad sequence of commands",
+    504: "parameter not implemented",
+    530: "authentication required",
+    534: "authentication mechanism too weak",
+    535: "authentication credentials invalid",
+    538: "encryption required",
+    550: "mailbox unavailable",
+    551: "user not local",
+    552: "exceeded storage allocation",
+    553: "mailbox name not allowed",
+    554: "transaction failed",
+    555: "parameters not recognised",
+}
+
+
+def smtp_summary(code: int) -> str:
+    """``SMTP 535 (authentication credentials invalid)``: the code and its standard meaning."""
+    meaning = SMTP_REPLIES.get(code)
+    return f"SMTP {code}" + (f" ({meaning})" if meaning else "")
 
 
 @register
@@ -98,18 +133,24 @@ class Email(Channel):
         if not config.get("validate_certs", True):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        timeout = config.get("timeout", 10.0)
+        guard = outbound.guard_of(env.session)
         try:
+            async with asyncio.timeout(timeout):
+                sock = await guard.connect(config["smtp_host"], int(config.get("smtp_port", 587)))
             errors, reply = await aiosmtplib.send(
                 msg,
-                hostname=config["smtp_host"],
-                port=int(config.get("smtp_port", 587)),
+                hostname=config["smtp_host"],  # what TLS verifies the server's certificate for
+                sock=sock,  # from here on aiosmtplib's transport owns (and closes) it
                 username=config.get("username"),
                 password=config.get("password"),
                 use_tls=config.get("tls", False),
                 start_tls=bool(config.get("starttls", True)),
                 tls_context=context,
-                timeout=config.get("timeout", 10.0),
+                timeout=timeout,
             )
+        except outbound.OutboundRefused as exc:
+            raise self.error(str(exc), retryable=False) from None
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [e.code for e in exc.recipients]
             raise self.error(
@@ -120,7 +161,7 @@ class Email(Channel):
             ) from None
         except aiosmtplib.SMTPResponseException as exc:
             raise self.error(
-                f"SMTP {exc.code}: {exc.message}", status=exc.code, retryable=400 <= exc.code < 500
+                smtp_summary(exc.code), status=exc.code, retryable=400 <= exc.code < 500
             ) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise self.error(f"SMTP failed: {type(exc).__name__}: {exc}", retryable=True) from None

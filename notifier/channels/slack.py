@@ -77,5 +77,7 @@ class Slack(Channel):
             timeout=config.get("timeout", 10.0),
         )
         if body.strip() not in (b"ok", b""):
-            raise self.error(f"unexpected answer {body[:100]!r}", status=status, retryable=False)
+            raise self.error(
+                f"HTTP {status} without Slack's 'ok' answer", status=status, retryable=False
+            )
         return SendResult(status)

@@ -12,11 +12,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from notifier import outbound
 from notifier.channels import REGISTRY, Message, SendEnv
 from notifier.clock import SystemClock, iso
 from notifier.templating import Renderer
 from tests.notifier.conftest import wait_for
 from tests.notifier.test_channels import alert
+from tests.support.settings import LOOPBACK
 
 BINARY = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 
@@ -68,7 +70,7 @@ async def test_alertmanager_receives_the_alert_and_lists_it_then_resolves_it(
 ) -> None:
     cls = REGISTRY["alertmanager"]
     channel = cls(cls.validate({"url": alertmanager}))
-    async with aiohttp.ClientSession() as session:
+    async with outbound.session(LOOPBACK) as session:
 
         async def ready() -> bool:
             try:

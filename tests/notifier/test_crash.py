@@ -44,6 +44,7 @@ def start_notifier(
         QESMON_KEY_PREFIX=settings.key_prefix,
         RULES_DIR=str(settings.rules_dir),
         WEBHOOK_URL=receiver.url,
+        OUTBOUND_ALLOW=str(settings.channels.outbound_allow),
         NOTIFIER_CLAIM_IDLE_SECONDS="1",
         NOTIFIER_RETRY_BASE_SECONDS="0.05",
         NOTIFIER_RETRY_MAX_SECONDS="0.2",

@@ -253,11 +253,11 @@ async def test_an_entry_that_keeps_failing_is_parked_after_max_deliveries(
 
 @pytest.fixture
 def refuse_error_text(nsettings: Settings) -> Iterator[None]:
-    """A CHECK constraint on ``deliveries`` that refuses one error text."""
+    """A CHECK constraint on ``deliveries`` that refuses one error text (HTTP 400's)."""
     with psycopg.connect(nsettings.database_url, autocommit=True) as conn:
         conn.execute(
             "ALTER TABLE deliveries ADD CONSTRAINT poison_test"
-            " CHECK (error IS NULL OR error NOT LIKE '%refuse-record%') NOT VALID"
+            " CHECK (error IS NULL OR error NOT LIKE '%Bad Request%') NOT VALID"
         )
     try:
         yield
@@ -275,8 +275,8 @@ async def test_a_delivery_record_the_database_refuses_closes_its_row_and_the_out
 ) -> None:
     write_policy(nsettings, WEBHOOK_ONLY)
     await configure(pool, "webhook", {"url": receiver.url})
-    # a receiver's answer ends up in deliveries.error: one with NUL, one the table refuses
-    receiver.answers = [Answer(400, body=b"bad\x00request"), Answer(400, body=b"refuse-record")]
+    # the status ends up in deliveries.error (not the answer, NUL and all); the table refuses 400
+    receiver.answers = [Answer(403, body=b"bad\x00request"), Answer(400, body=b"refuse-record")]
     stream = nsettings.streams.alerts
     async with running(nsettings):
         await raw.xadd(stream, as_bytes(transition("nul")))  # type: ignore[arg-type]
@@ -292,12 +292,12 @@ async def test_a_delivery_record_the_database_refuses_closes_its_row_and_the_out
 
         await wait_for(closed, what="every outbox row closed")
     assert (await health(raw, nsettings)).get("record_refused") == "1"
-    assert [r.status for r in receiver.requests] == [400, 400, 200]
+    assert [r.status for r in receiver.requests] == [403, 400, 200]
     outbox = await rows(
         pool, "SELECT notification_key, status, attempts, last_error FROM notifier_outbox"
     )
     by_key = {key.split(":")[0]: (status, n, error) for key, status, n, error in outbox}
-    assert by_key["nul"][:2] == ("failed", 1) and "bad\\x00request" in by_key["nul"][2]
+    assert by_key["nul"] == ("failed", 1, "webhook: HTTP 403 Forbidden")
     assert by_key["refused"][:2] == ("failed", 1)
     assert by_key["refused"][2].startswith("the database refused the delivery record: ")
     assert "poison_test" in by_key["refused"][2]
@@ -306,4 +306,4 @@ async def test_a_delivery_record_the_database_refuses_closes_its_row_and_the_out
         pool, "SELECT notification_key, status, error FROM deliveries ORDER BY id"
     )
     assert [(k.split(":")[0], s) for k, s, _ in recorded] == [("nul", "failed"), ("fine", "sent")]
-    assert recorded[0][2] == "webhook: HTTP 400: bad\\x00request"
+    assert recorded[0][2] == "webhook: HTTP 403 Forbidden"

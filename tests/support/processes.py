@@ -41,6 +41,7 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         ALLOWED_LATENESS_SECONDS=str(settings.pipeline.allowed_lateness),
         SNAPSHOT_INTERVAL_SECONDS=str(settings.pipeline.snapshot_interval),
         STREAM_SHARDS=str(settings.stream_shards),
+        OUTBOUND_ALLOW=str(settings.channels.outbound_allow or ""),
         LOG_LEVEL="WARNING",
     )
     env.update(extra)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from qesmon.addresses import AllowList
 from qesmon.settings import Settings
+
+#: OUTBOUND_ALLOW of the tests: their receivers listen on loopback. The outbound guard's own
+#: tests (tests/notifier/test_outbound.py, tests/api/test_ssrf.py) put the default back.
+LOOPBACK = AllowList.parse("127.0.0.0/8,::1")
 
 
 def replace_settings(settings: Settings, **changes: Any) -> Settings:
