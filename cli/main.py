@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from qesmon.errors import QesmonError
@@ -190,12 +190,26 @@ def _die_with_parent() -> None:
         pass
 
 
+def _child_env(env: Mapping[str, str], redis_url: str | None) -> dict[str, str]:
+    """A child's environment: ``env`` with ``redis_url`` (its own Redis user) as its
+    ``REDIS_URL`` and none of the other Redis credentials ``qesmon up`` holds (the other
+    children's, the producer's, the admin's ``QESMON_PRIVATE_REDIS_URL``)."""
+    out = {
+        k: v for k, v in env.items() if not (k.startswith("QESMON_") and k.endswith("_REDIS_URL"))
+    }
+    if redis_url is not None:
+        out["REDIS_URL"] = redis_url
+    return out
+
+
 def _up(settings: Settings, args: argparse.Namespace) -> int:
     """Migrate, then run every process as a supervised child until Ctrl-C or SIGTERM.
 
     A child that exits is restarted with backoff while the others keep running (the demo,
     which may end on its own, is not); see :mod:`cli.supervisor`. A second Ctrl-C kills
-    the children instead of waiting for them."""
+    the children instead of waiting for them. The pipeline, notifier and API each get the
+    Redis user of their own that ``settings.up`` names; ``up`` itself and the demo keep
+    ``REDIS_URL``."""
     from cli.demo import notifier_rules_dir, session
     from cli.demo.notify import free_port, outbound_allow
     from cli.supervisor import Spec, Supervisor
@@ -204,7 +218,11 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     apply_migrations(settings.database_url)
     commands = [["pipeline"], ["notifier"], ["api"]]
     env = dict(os.environ)
-    envs: dict[str, dict[str, str]] = {}
+    envs = {
+        "pipeline": _child_env(env, settings.up.pipeline_redis_url),
+        "notifier": _child_env(env, settings.up.notifier_redis_url),
+        "api": _child_env(env, settings.up.api_redis_url),
+    }
     demo_off = session.why_no_demo(settings, no_demo=args.no_demo)
     routing = None
     if demo_off is None:
@@ -215,7 +233,7 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
         # the demo routes alerts to its own webhook receiver (the notifier reads routing
         # from RULES_DIR only, so it gets a directory of its own)
         routing = notifier_rules_dir(settings.rules_dir, Path("var/demo"))
-        envs["notifier"] = {**env, "RULES_DIR": str(routing)}
+        envs["notifier"]["RULES_DIR"] = str(routing)
         allow = outbound_allow(settings, port)
         envs["notifier"]["OUTBOUND_ALLOW"] = allow
         envs["demo"] = {**env, "OUTBOUND_ALLOW": allow}

@@ -2,7 +2,7 @@
 # Make this machine ready to run and test qes-monitoring, idempotently.
 #
 #   scripts/setup.sh           Python venv + deps, system packages, TimescaleDB,
-#                              private Redis and PostgreSQL, var/env.sh
+#                              private Redis and PostgreSQL with passwords, var/env.sh
 #   scripts/setup.sh --test    the same, plus promtool and amtool
 #   scripts/setup.sh --stop    stop the private Redis and PostgreSQL cleanly
 #
@@ -10,8 +10,11 @@
 #
 # Environment:
 #   REDIS_URL / DATABASE_URL   use these servers instead of starting private ones
+#   QESMON_VAR_DIR             where the servers, their passwords and env.sh live
+#                              (default var/ of the checkout)
 #   QESMON_REDIS_PORT          private Redis port        (default 56379)
 #   QESMON_PG_PORT             private PostgreSQL port   (default 55432)
+#   QESMON_KEY_PREFIX          key prefix the Redis users are made for (default qes)
 #   QESMON_PG_MAJOR            PostgreSQL major version  (default: the cluster's,
 #                              else the newest installed)
 #   QESMON_TSDB_SUITE          Debian suite whose timescaledb source package is
@@ -22,10 +25,11 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VAR="$ROOT/var"
+VAR=${QESMON_VAR_DIR:-$ROOT/var}
 VENV="$ROOT/.venv"
 REDIS_PORT=${QESMON_REDIS_PORT:-56379}
 PG_PORT=${QESMON_PG_PORT:-55432}
+KEY_PREFIX=${QESMON_KEY_PREFIX:-qes}
 PG_DB=qesmon
 TSDB_SUITE=${QESMON_TSDB_SUITE:-trixie}
 DEBIAN_MIRROR=${QESMON_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -95,6 +99,7 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$VAR"
+VAR=$(cd "$VAR" && pwd)
 
 # One setup at a time per checkout (concurrent `make test` runs). Daemons
 # started below get `9>&-` so that they do not inherit (and hold) the lock.
@@ -302,7 +307,7 @@ resolve_pg_paths() {
 			fi
 		fi
 		if [ "$PG_BASE" = fallback ]; then
-			PG_BASE="/var/tmp/qesmon-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)"
+			PG_BASE="/var/tmp/qesmon-$(printf '%s' "$VAR" | sha256sum | cut -c1-12)"
 			if [ "$MODE" = setup ]; then
 				log "postgres cannot use $VAR; cluster goes to $PG_BASE (symlinked from var/)"
 				mkdir -p "$PG_BASE/pg" "$PG_BASE/pgsock"
@@ -513,12 +518,58 @@ build_timescaledb() {
 	log "timescaledb $version installed"
 }
 
+# ---------------------------------------------------------------- secrets --
+# The private servers' passwords: one file each in var/secrets (directory 0700, files 0600),
+# generated once (64 hex digits) and kept, so that every later run and var/env.sh agree.
+SECRETS="$VAR/secrets"
+
+secret() { # NAME -> the password in var/secrets/NAME, generated when missing
+	local file="$SECRETS/$1"
+	if [ ! -s "$file" ]; then
+		(
+			umask 077
+			mkdir -p "$SECRETS"
+			rm -f "$file.tmp"
+			od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$file.tmp"
+			mv "$file.tmp" "$file"
+		)
+		[ -s "$file" ] || die "could not write $file"
+	fi
+	cat "$file"
+}
+
 # ------------------------------------------------------------------ redis --
 REDIS_CONF="$VAR/redis.conf"
 REDIS_PID="$VAR/redis.pid"
+REDIS_ACL="$VAR/redis-users.acl"
+REDIS_USERS=(admin producer pipeline notifier api) # scripts/redis-users.sh says what each may do
+
+redis_admin() { # redis-cli as admin on the private Redis (the password never on a command line)
+	REDISCLI_AUTH=$(secret redis-admin) redis-cli --user admin -h 127.0.0.1 -p "$REDIS_PORT" "$@"
+}
 
 redis_ping() {
-	[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]
+	[ "$(redis_admin ping 2>/dev/null)" = PONG ]
+}
+
+redis_user_url() { # USER -> its URL on the private Redis
+	printf 'redis://%s:%s@127.0.0.1:%s/0' "$1" "$(secret "redis-$1")" "$REDIS_PORT"
+}
+
+# write_redis_acl: var/redis-users.acl from scripts/redis-users.sh; true when it changed.
+write_redis_acl() {
+	local acl user
+	local env=(QESMON_KEY_PREFIX="$KEY_PREFIX")
+	for user in "${REDIS_USERS[@]}"; do
+		env+=("REDIS_${user^^}_PASSWORD=$(secret "redis-$user")")
+	done
+	acl=$(env "${env[@]}" sh "$ROOT/scripts/redis-users.sh") || die "scripts/redis-users.sh failed"
+	if [ -f "$REDIS_ACL" ] && [ "$(cat "$REDIS_ACL")" = "$acl" ]; then
+		return 1
+	fi
+	rm -f "$REDIS_ACL.tmp"
+	(umask 077 && printf '%s\n' "$acl" >"$REDIS_ACL.tmp")
+	mv "$REDIS_ACL.tmp" "$REDIS_ACL"
 }
 
 pid_alive() { # pidfile
@@ -547,7 +598,8 @@ setup_redis() {
 		return 0
 	fi
 	mkdir -p "$VAR/redis"
-	local conf
+	local conf acl_changed=0
+	write_redis_acl && acl_changed=1
 	conf=$(
 		cat <<EOF
 # Written by scripts/setup.sh: private Redis for qes-monitoring.
@@ -563,6 +615,8 @@ appendfsync everysec
 # No single field (bulk string) a producer writes may exceed this: an oversize
 # entry is refused by Redis instead of filling its memory.
 proto-max-bulk-len 16mb
+# Users and what each may do (scripts/redis-users.sh); no connection without a user.
+aclfile "$REDIS_ACL"
 EOF
 	)
 	if [ ! -f "$REDIS_CONF" ] || [ "$(cat "$REDIS_CONF")" != "$conf" ]; then
@@ -571,12 +625,18 @@ EOF
 			log "Redis configuration changed: restarting"
 			stop_redis
 		fi
+	elif [ "$acl_changed" -eq 1 ] && pid_alive "$REDIS_PID"; then
+		log "Redis users changed: reloading ${REDIS_ACL#"$VAR"/}"
+		if [ "$(redis_admin ACL LOAD 2>&1)" != OK ]; then
+			log "ACL LOAD refused (admin password changed?): restarting Redis"
+			stop_redis
+		fi
 	fi
 	if redis_ping; then
 		log "Redis already answering on 127.0.0.1:$REDIS_PORT"
 		return 0
 	fi
-	log "starting Redis on 127.0.0.1:$REDIS_PORT (data: var/redis, AOF everysec)"
+	log "starting Redis on 127.0.0.1:$REDIS_PORT (data: var/redis, AOF everysec, users: ${REDIS_ACL#"$VAR"/})"
 	redis-server "$REDIS_CONF" 9>&- || die "redis-server failed to start (see var/redis.log)"
 	local i
 	for i in $(seq 1 100); do
@@ -588,8 +648,33 @@ EOF
 }
 
 # ------------------------------------------------------------- postgresql --
-psql_admin() { # psql as postgres on the private server
-	"$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"
+# No trust anywhere: TCP clients (127.0.0.1 only) give a password, checked with SCRAM; the
+# socket (var/pgsock) takes only the OS user that runs the server, as postgres (peer), which
+# is how the set-up administers the cluster without a password of its own.
+PG_OS_USER=postgres
+[ "$IS_ROOT" -eq 1 ] || PG_OS_USER=$(id -un)
+
+psql_admin() { # psql as postgres on the private server, over its socket
+	as_pg "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PGSOCK_DIR" -p "$PG_PORT" -U postgres "$@"
+}
+
+# pg_set_password: postgres's password is var/secrets/pg-postgres (sent on stdin, not argv).
+pg_set_password() {
+	printf "SET password_encryption = 'scram-sha-256';\nALTER ROLE postgres PASSWORD '%s';\n" \
+		"$(secret pg-postgres)" | psql_admin -d postgres >/dev/null ||
+		die "could not set the password of postgres (see $PG_LOG)"
+}
+
+# write_pg_file NAME TEXT: TEXT into the cluster's NAME; true when it changed.
+write_pg_file() {
+	local file="$PGDATA_DIR/$1"
+	if [ -f "$file" ] && [ "$(cat "$file")" = "$2" ]; then
+		return 1
+	fi
+	printf '%s\n' "$2" >"$file"
+	if [ "$IS_ROOT" -eq 1 ]; then
+		chown postgres: "$file"
+	fi
 }
 
 pg_running() { # our cluster (its postmaster.pid) is running
@@ -632,8 +717,9 @@ setup_pg() {
 			locale=(--locale=C.UTF-8)
 		fi
 		log "initdb: new PostgreSQL $PG_MAJOR cluster in $PGDATA_DIR"
-		as_pg "$PGBIN/initdb" -D "$PGDATA_DIR" -A trust -U postgres --encoding UTF8 "${locale[@]}" \
-			>"$VAR/initdb.log" 2>&1 || {
+		# pg_hba.conf is replaced below before the first start
+		as_pg "$PGBIN/initdb" -D "$PGDATA_DIR" --auth-local=peer --auth-host=reject -U postgres \
+			--encoding UTF8 "${locale[@]}" >"$VAR/initdb.log" 2>&1 || {
 			tail -n 20 "$VAR/initdb.log" >&2
 			die "initdb failed (see var/initdb.log)"
 		}
@@ -646,41 +732,57 @@ setup_pg() {
 		printf "\n# Added by qes-monitoring scripts/setup.sh\ninclude_if_exists = 'qesmon.conf'\n" \
 			>>"$PGDATA_DIR/postgresql.conf"
 	fi
-	local conf
+	local conf hba
 	conf=$(
 		cat <<EOF
 # Written by scripts/setup.sh (rewritten on every run): private cluster.
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '${PGSOCK_DIR//\'/\'\'}'
+password_encryption = 'scram-sha-256'
 max_connections = 200
 shared_preload_libraries = 'timescaledb'
 timescaledb.telemetry_level = off
 max_locks_per_transaction = 128
 EOF
 	)
-	local changed=0
-	if [ ! -f "$PGDATA_DIR/qesmon.conf" ] || [ "$(cat "$PGDATA_DIR/qesmon.conf")" != "$conf" ]; then
-		printf '%s\n' "$conf" >"$PGDATA_DIR/qesmon.conf"
-		[ "$IS_ROOT" -eq 1 ] && chown postgres: "$PGDATA_DIR/qesmon.conf"
-		changed=1
-	fi
+	hba=$(
+		cat <<EOF
+# Written by scripts/setup.sh (rewritten on every run): no trust anywhere.
+# The socket: only the OS user that runs the server, as postgres (the set-up itself).
+local all postgres peer map=owner
+# TCP, listening on 127.0.0.1 only: a password, checked with SCRAM.
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+EOF
+	)
+	local restart=0 reload=0
+	write_pg_file qesmon.conf "$conf" && restart=1
+	write_pg_file pg_hba.conf "$hba" && reload=1
+	write_pg_file pg_ident.conf "owner $PG_OS_USER postgres" && reload=1
 
 	if pg_running; then
-		if [ "$changed" -eq 1 ]; then
+		# before the new pg_hba.conf applies: a cluster of an older set-up trusts everyone
+		# and its postgres has no password yet
+		pg_set_password
+		if [ "$restart" -eq 1 ]; then
 			log "PostgreSQL configuration changed: restarting"
 			as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -m fast -w -t 60 restart >/dev/null 9>&-
+		elif [ "$reload" -eq 1 ]; then
+			log "PostgreSQL authentication changed: reloading pg_hba.conf (password, no trust)"
+			as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" reload >/dev/null
 		else
 			log "PostgreSQL already running on 127.0.0.1:$PG_PORT"
 		fi
 	elif "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
-		warn "another PostgreSQL answers on 127.0.0.1:$PG_PORT (not $PGDATA_DIR); using it"
+		die "another PostgreSQL answers on 127.0.0.1:$PG_PORT (not $PGDATA_DIR): stop it, or choose another port with QESMON_PG_PORT"
 	else
 		log "starting PostgreSQL $PG_MAJOR on 127.0.0.1:$PG_PORT (data: $PGDATA_DIR, log: $PG_LOG)"
 		as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -w -t 60 start >/dev/null 9>&- || {
 			tail -n 20 "$PG_LOG" >&2
 			die "PostgreSQL did not start (see $PG_LOG)"
 		}
+		pg_set_password
 	fi
 
 	if [ -z "$(psql_admin -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" ]; then
@@ -722,18 +824,33 @@ else
 	log "DATABASE_URL is set: using it, not starting PostgreSQL"
 fi
 
-PRIVATE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
-REDIS_URL_OUT=${REDIS_URL:-$PRIVATE_REDIS_URL}
-DATABASE_URL_OUT=${DATABASE_URL:-postgresql://postgres@127.0.0.1:$PG_PORT/$PG_DB}
-{
-	echo "# Written by scripts/setup.sh: source it (. var/env.sh) before running qesmon."
-	printf 'export REDIS_URL=%q\n' "$REDIS_URL_OUT"
-	printf 'export DATABASE_URL=%q\n' "$DATABASE_URL_OUT"
-	if [ "$REDIS_URL_OUT" = "$PRIVATE_REDIS_URL" ]; then
-		echo "# The private Redis above: 'qesmon up' sends demo traffic only to this one."
-		printf 'export QESMON_PRIVATE_REDIS_URL=%q\n' "$PRIVATE_REDIS_URL"
-	fi
-} >"$VAR/env.sh.tmp"
+REDIS_URL_OUT=${REDIS_URL:-$(redis_user_url admin)}
+DATABASE_URL_OUT=${DATABASE_URL:-postgresql://postgres:$(secret pg-postgres)@127.0.0.1:$PG_PORT/$PG_DB}
+rm -f "$VAR/env.sh.tmp"
+(
+	umask 077 # it holds passwords: 0600 from its first byte
+	{
+		echo "# Written by scripts/setup.sh: source it (. var/env.sh) before running qesmon."
+		echo "# The administrators' URLs (set-up, tests, CLI):"
+		printf 'export REDIS_URL=%q\n' "$REDIS_URL_OUT"
+		printf 'export DATABASE_URL=%q\n' "$DATABASE_URL_OUT"
+		if [ -z "${REDIS_URL:-}" ]; then
+			echo "# The private Redis: its users (scripts/redis-users.sh) are made for this key prefix,"
+			printf 'export QESMON_KEY_PREFIX=%q\n' "$KEY_PREFIX"
+			echo "# 'qesmon up' sends demo traffic only to it,"
+			printf 'export QESMON_PRIVATE_REDIS_URL=%q\n' "$REDIS_URL_OUT"
+			echo "# and starts each child with REDIS_URL set to the child's own user;"
+			for user in pipeline notifier api; do
+				printf 'export QESMON_%s_REDIS_URL=%q\n' "${user^^}" "$(redis_user_url "$user")"
+			done
+			echo "# what the platform gets: it may only append to the metric streams."
+			printf 'export QESMON_PRODUCER_REDIS_URL=%q\n' "$(redis_user_url producer)"
+		fi
+	} >"$VAR/env.sh.tmp"
+)
 mv "$VAR/env.sh.tmp" "$VAR/env.sh"
 
-log "ready in $((SECONDS - START))s: REDIS_URL=$(redact "$REDIS_URL_OUT") DATABASE_URL=$(redact "$DATABASE_URL_OUT")${TSDB_VERSION:+ (timescaledb $TSDB_VERSION)}; run '. var/env.sh'"
+log "ready in $((SECONDS - START))s: REDIS_URL=$(redact "$REDIS_URL_OUT") DATABASE_URL=$(redact "$DATABASE_URL_OUT")${TSDB_VERSION:+ (timescaledb $TSDB_VERSION)}; run '. ${VAR#"$ROOT"/}/env.sh'"
+if [ -z "${REDIS_URL:-}" ]; then
+	log "the platform's producer URL (append only): $(redact "$(redis_user_url producer)"), in full as QESMON_PRODUCER_REDIS_URL in ${VAR#"$ROOT"/}/env.sh"
+fi
