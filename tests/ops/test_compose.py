@@ -34,9 +34,14 @@ SEED_ENV = {
     "DATABASE_URL",
     "RULES_DIR",
 }
+#: the Redis users of scripts/redis-users.sh, each with a password from .env
+REDIS_USERS = ("ADMIN", "PRODUCER", "PIPELINE", "NOTIFIER", "API")
 SECRET = re.compile(r"PASSWORD|SECRET|TOKEN|WEBHOOK|API_KEY", re.I)
 #: what .env must give (compose refuses to start without them), with stand-in values
 REQUIRED = {"POSTGRES_PASSWORD": "x", "PROMETHEUS_METRICS_BEARER_TOKEN": "0123456789abcdef" * 2}
+REQUIRED.update(
+    {f"REDIS_{user}_PASSWORD": f"{user.lower()}-0123456789abcdef" for user in REDIS_USERS}
+)
 #: every port published on the host: the API on every interface, Grafana on loopback only
 PUBLISHED = {"api": ["0.0.0.0:8000:8000"], "grafana": ["127.0.0.1:3000:3000"]}
 METRICS_TOKEN = "/run/secrets/qesmon_metrics_token"

@@ -40,6 +40,8 @@ from api.keys import create_key_sync
 from notifier.service import GROUP
 from qesmon.sdk.collector import WRITE_ROUND, MetricsCollector
 from qesmon.settings import Settings, StreamKeys
+from tests.ops.test_compose import REQUIRED, interpolate
+from tests.ops.test_compose import _services as _compose_services
 from tests.support.faults import free_port
 from tests.support.processes import settings_env, wait_for
 from tests.support.settings import replace_settings
@@ -466,6 +468,69 @@ def test_up_runs_the_pipeline_notifier_and_api_each_as_its_own_user(
             for kid in kids:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     kid.kill()
+
+
+# -- docker-compose.yml ----------------------------------------------------------------------
+
+
+def test_compose_starts_redis_with_the_scripts_users_and_each_service_as_its_own(
+    tmp_path: Path,
+) -> None:
+    """The redis service's entrypoint and command run here (container paths mapped to this
+    machine, its docker-entrypoint.sh replaced by one that starts redis-server on a free
+    port); then each service's REDIS_URL, resolved from a .env, must log in as its user."""
+    services = _compose_services()
+    env = {k: "".join(secrets.token_hex(16)) for k in REQUIRED if k.startswith("REDIS_")}
+    env.update({k: v for k, v in REQUIRED.items() if k not in env})
+    redis_service = services["redis"]
+    port = free_port()
+    acl = tmp_path / "users.acl"
+    assert "./scripts/redis-users.sh:/etc/qesmon/redis-users.sh:ro" in redis_service["volumes"]
+    shell, flags, script, name = redis_service["entrypoint"]
+    script = script.replace("/etc/qesmon/redis-users.sh", str(USERS_SCRIPT))
+    script = script.replace("/tmp/users.acl", str(acl)).replace("$$", "$")
+    starter = tmp_path / "docker-entrypoint.sh"
+    starter.write_text(
+        f'#!/bin/sh\nexec "$@" --port {port} --bind 127.0.0.1 --daemonize yes '
+        f"--dir {tmp_path} --pidfile {tmp_path / 'redis.pid'} --logfile {tmp_path / 'redis.log'}\n"
+    )
+    starter.chmod(0o755)
+    command = [part.replace("/tmp/users.acl", str(acl)) for part in redis_service["command"]]
+    assert command[-2:] == ["--aclfile", str(acl)]
+    server_env = {k: interpolate(str(v), env) for k, v in redis_service["environment"].items()}
+    server_env["PATH"] = f"{tmp_path}:{os.environ['PATH']}"
+    subprocess.run([shell, flags, script, name, *command], env=server_env, check=True, timeout=30)
+    try:
+        assert _mode(acl) == 0o600
+        assert not any(v in acl.read_text() for k, v in env.items() if k.startswith("REDIS_"))
+        health = redis_service["healthcheck"]["test"]
+        assert health[0] == "CMD-SHELL"
+        probe = health[1].replace("$$", "$").replace("redis-cli", f"redis-cli -p {port}")
+        assert subprocess.run(["sh", "-c", probe], env=server_env, timeout=30).returncode == 0
+        for service in ("pipeline", "notifier", "api", "migrate"):
+            url = interpolate(str(services[service]["environment"]["REDIS_URL"]), env)
+            client = redis.Redis.from_url(url.replace("@redis:6379", f"@127.0.0.1:{port}"))
+            if service == "migrate":  # needs no Redis, gets no user
+                assert "@" not in url
+                client = redis.Redis(port=port)
+                with pytest.raises(redis.exceptions.AuthenticationError):
+                    client.ping()
+            else:  # logs in as the user named after the service, with its .env password
+                assert urlsplit(url).username == service and client.ping()
+            client.close()
+    finally:
+        os.kill(int((tmp_path / "redis.pid").read_text()), signal.SIGTERM)
+
+
+def test_compose_postgres_wants_a_password_on_every_connection() -> None:
+    env = _compose_services()["timescaledb"]["environment"]
+    assert env["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+    assert env["POSTGRES_INITDB_ARGS"].split() == [
+        "--auth-local=scram-sha-256",
+        "--auth-host=scram-sha-256",
+    ]
+    for name, service in _compose_services().items():
+        assert "trust" not in str(service.get("environment", {})), name
 
 
 # -- the set-up ------------------------------------------------------------------------------
