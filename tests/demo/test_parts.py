@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from cli.demo import NOTIFICATIONS_YAML, DemoOptions, WebhookReceiver, notifier_rules_dir
-from cli.demo.notify import claim_webhook, release_webhook
+from cli.demo.notify import claim_webhook, outbound_allow, reaches, release_webhook
 from cli.demo.run import backfill_range, parse_period, run
 from cli.demo.session import PRIVATE_REDIS_VAR, why_no_demo
 from notifier.channels import REGISTRY
@@ -258,3 +258,13 @@ def test_up_starts_everything_with_the_demo_prints_where_to_look_and_stops_clean
     revoked = db.execute("SELECT revoked_at IS NOT NULL FROM api_keys").fetchall()
     assert revoked == [(True,)]
     assert _webhook(db)[0] is False, log.read_text()  # type: ignore[index]
+
+
+def test_up_lets_the_notifier_reach_exactly_the_demo_receiver() -> None:
+    # the outbound guard refuses loopback: qesmon up adds the receiver's port, nothing more
+    assert outbound_allow(Settings(), 8123) == "127.0.0.1:8123"
+    operators = Settings.from_env({"OUTBOUND_ALLOW": "10.0.0.0/8"})
+    assert outbound_allow(operators, 8123) == "10.0.0.0/8,127.0.0.1:8123"
+    notifier = Settings.from_env({"OUTBOUND_ALLOW": outbound_allow(operators, 8123)})
+    assert reaches(notifier, 8123) and not reaches(notifier, 8124)
+    assert not reaches(operators, 8123) and not reaches(Settings(), 8123)
