@@ -507,17 +507,40 @@ def test_compose_starts_redis_with_the_scripts_users_and_each_service_as_its_own
         assert health[0] == "CMD-SHELL"
         probe = health[1].replace("$$", "$").replace("redis-cli", f"redis-cli -p {port}")
         assert subprocess.run(["sh", "-c", probe], env=server_env, timeout=30).returncode == 0
-        for service in ("pipeline", "notifier", "api", "migrate"):
-            url = interpolate(str(services[service]["environment"]["REDIS_URL"]), env)
-            client = redis.Redis.from_url(url.replace("@redis:6379", f"@127.0.0.1:{port}"))
+
+        def here(url: str) -> str:
+            return url.replace("@redis:6379", f"@127.0.0.1:{port}").replace(
+                "//redis:6379", f"//127.0.0.1:{port}"
+            )
+
+        envs = {
+            service: {k: interpolate(str(v), env) for k, v in spec["environment"].items()}
+            for service, spec in services.items()
+            if service in ("migrate", "pipeline", "notifier", "api")
+        }
+        for service, service_env in envs.items():
+            url = service_env["REDIS_URL"]
+            client = redis.Redis.from_url(here(url))
             if service == "migrate":  # needs no Redis, gets no user
-                assert "@" not in url
-                client = redis.Redis(port=port)
+                assert urlsplit(url).username is None
                 with pytest.raises(redis.exceptions.AuthenticationError):
                     client.ping()
             else:  # logs in as the user named after the service, with its .env password
                 assert urlsplit(url).username == service and client.ping()
             client.close()
+        # the pipeline's healthcheck reads its heartbeat as the pipeline user
+        admin = redis.Redis(port=port, username="admin", password=env["REDIS_ADMIN_PASSWORD"])
+        admin.hset(
+            f"{envs['pipeline']['QESMON_KEY_PREFIX']}:health:pipeline", "heartbeat", time.time()
+        )
+        admin.close()
+        kind, python, flag, code = services["pipeline"]["healthcheck"]["test"]
+        assert (kind, python, flag) == ("CMD", "python", "-c")
+        check_env = {**envs["pipeline"], "PATH": os.environ["PATH"]}
+        check_env["REDIS_URL"] = here(check_env["REDIS_URL"])
+        assert (
+            subprocess.run([sys.executable, "-c", code], env=check_env, timeout=30).returncode == 0
+        )
     finally:
         os.kill(int((tmp_path / "redis.pid").read_text()), signal.SIGTERM)
 
@@ -653,6 +676,20 @@ def test_a_fresh_set_up_starts_both_servers_with_passwords_and_a_second_run_chan
     assert (setup_dir.var / "redis.pid").read_text() == pids[0]
     assert pids[1].read_text().split()[0] == postmaster
     assert assert_locked_down(setup_dir) == env
+
+
+def test_a_new_producer_password_is_loaded_into_the_running_redis(setup_dir: SetUp) -> None:
+    setup_dir.run()
+    old = setup_dir.exports()["QESMON_PRODUCER_REDIS_URL"]
+    pid = (setup_dir.var / "redis.pid").read_text()
+    (setup_dir.var / "secrets" / "redis-producer").unlink()  # how an operator rotates it
+    done = setup_dir.run()
+    assert "Redis users changed: reloading" in done.stdout
+    assert (setup_dir.var / "redis.pid").read_text() == pid  # no restart
+    new = assert_locked_down(setup_dir)["QESMON_PRODUCER_REDIS_URL"]
+    assert new != old
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis.from_url(old).ping()
 
 
 def test_the_set_up_locks_down_the_servers_an_older_set_up_started_and_keeps_their_data(
