@@ -481,7 +481,8 @@ async def test_the_notifier_rides_out_a_database_outage_and_delivers_afterwards(
     url = urlsplit(nsettings.database_url)
     proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
     port = await proxy.start()
-    behind = url._replace(netloc=f"{url.username}@127.0.0.1:{port}").geturl()
+    user = url.netloc.rpartition("@")[0]  # the credentials as given
+    behind = url._replace(netloc=f"{user}@127.0.0.1:{port}").geturl()
     write_policy(nsettings, WEBHOOK_ONLY)
     down = replace_settings(nsettings, database_url=behind, channels=dict(webhook_url=receiver.url))
     notifier = Notifier(down, environ={}, poll_interval=0.05, db_timeout=0.5)
