@@ -25,7 +25,7 @@ run:
 
 test:
 	scripts/setup.sh --test
-	. var/env.sh && $(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/pytest
+	. var/env.sh && $(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/pytest -n 2
 
 stop:
 	scripts/setup.sh --stop
