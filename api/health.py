@@ -9,6 +9,8 @@ rule file in ``RULES_DIR`` loads. Each check reports ``ok`` and what it saw.
 publishes in ``<prefix>:health:supervisor`` (:mod:`cli.supervisor`): per child its state,
 restarts, last exit status and start time, the total of restarts, and a ``warning`` naming
 the children that were restarted. Without ``qesmon up`` it says ``{"running": false}``.
+``maintenance`` (informative too) is the last ``qesmon maintain`` pass (:mod:`cli.maintain`):
+when it finished, whether every step worked, and what it dropped and deleted.
 """
 
 from __future__ import annotations
@@ -133,9 +135,30 @@ async def check(
         raw = await client.hgetall(settings.streams.key("health", "supervisor"))
         return supervisor_section(raw, now)
 
+    async def maintenance() -> dict[str, Any]:
+        async with pool.connection(timeout=CHECK_TIMEOUT) as conn:
+            cur = await conn.execute(
+                "SELECT extract(epoch FROM finished_at)::float8, ok, error, summary"
+                " FROM maintenance"
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return {"ran": False}
+        done, ok, error, summary = row
+        return {
+            "ran": True,
+            "ok": ok,
+            "age_seconds": round(now - done, 3),
+            "error": error,
+            **summary,
+        }
+
     names = ("redis", "database", "pipeline", "notifier", "rules")
-    *results, supervised = await asyncio.gather(
-        *(_timed(c) for c in (redis_ok, db_ok, pipeline_ok, notifier_ok, rules_ok, supervisor))
+    *results, supervised, maintained = await asyncio.gather(
+        *(
+            _timed(c)
+            for c in (redis_ok, db_ok, pipeline_ok, notifier_ok, rules_ok, supervisor, maintenance)
+        )
     )
     checks = dict(zip(names, results, strict=True))
     healthy = all(c["ok"] for c in checks.values())
@@ -145,6 +168,7 @@ async def check(
         "time": now,
         "checks": checks,
         "supervisor": supervised,
+        "maintenance": maintained,
     }
 
 

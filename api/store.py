@@ -32,6 +32,7 @@ from psycopg import AsyncConnection, sql
 from api.stats import UserUnion
 from qesmon.series import ROLLUP_WIDTHS
 from qesmon.sketch import Agg
+from qesmon.tiers import tier_for
 
 HOUR = 3600
 MINUTE = 60
@@ -160,9 +161,9 @@ async def latest_buckets(conn: Conn) -> dict[int, float | None]:
     """The start of the newest bucket written at each rollup width."""
     out: dict[int, float | None] = {}
     for width in ROLLUP_WIDTHS:
-        cur = await conn.execute(
-            "SELECT max(bucket) FROM metric_rollups WHERE width_s = %s", (width,)
-        )
+        # the tier's own table: max() over the view with a width condition scans every chunk
+        table = sql.Identifier(tier_for(width).table)
+        cur = await conn.execute(sql.SQL("SELECT max(bucket) FROM {}").format(table))
         row = await cur.fetchone()
         out[width] = row[0].timestamp() if row and row[0] is not None else None
     return out

@@ -220,7 +220,10 @@ def check_counted(database_url: str, events: int, *, show: bool = True) -> None:
 
 def reset_outputs(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE metric_rollups, alerts, alert_events CASCADE")
+        conn.execute(
+            "TRUNCATE metric_rollups_10s, metric_rollups_1m, metric_rollups_1h, alerts,"
+            " alert_events CASCADE"
+        )
 
 
 class RulesClock:

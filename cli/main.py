@@ -2,10 +2,10 @@
 
 Subcommands: ``up`` (everything, in the foreground, each process supervised and restarted
 when it exits: :mod:`cli.supervisor`), ``pipeline``, ``notifier``, ``api``, ``migrate``,
-``rules check``, ``keys create|list|revoke|rotate``, ``demo``. This is the only module that
-reads the environment; each subcommand's implementation lives in its own package and receives a
-:class:`~qesmon.settings.Settings`. The console script ``qesmon`` and ``python -m cli`` both
-run :func:`main`.
+``maintain`` (:mod:`cli.maintain`), ``rules check``, ``keys create|list|revoke|rotate``,
+``demo``. This is the only module that reads the environment; each subcommand's implementation
+lives in its own package and receives a :class:`~qesmon.settings.Settings`. The console script
+``qesmon`` and ``python -m cli`` both run :func:`main`.
 """
 
 from __future__ import annotations
@@ -52,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("notifier", help="run the notifier (consumer group on the alerts stream)")
     sub.add_parser("api", help="run the REST API and the Prometheus exporter")
     sub.add_parser("migrate", help="apply pending database migrations")
+    maintain = sub.add_parser(
+        "maintain", help="keep data within its retention: merge day rollups, drop, delete"
+    )
+    maintain.add_argument(
+        "--dry-run", action="store_true", help="print what a pass would do, change nothing"
+    )
+    maintain.add_argument(
+        "--every", type=_every, default=None, help="a pass now and then every DURATION, e.g. 10m"
+    )
 
     rules = sub.add_parser("rules", help="rule file tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
@@ -124,6 +133,18 @@ def _duration(text: str) -> object:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _every(text: str) -> float:
+    from qesmon.settings import duration
+
+    try:
+        seconds = duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < 1:
+        raise argparse.ArgumentTypeError("at least 1s between passes")
+    return seconds
+
+
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from api import keys
 
@@ -153,6 +174,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
         )
         return 0
+    if command == "maintain":
+        from cli.maintain import main as maintain_main
+
+        return maintain_main(settings, dry_run=args.dry_run, every=args.every)
     if command == "pipeline":
         from pipeline.run import main as pipeline_main
 
@@ -216,12 +241,15 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     from qesmon.migrate import apply_migrations
 
     apply_migrations(settings.database_url)
-    commands = [["pipeline"], ["notifier"], ["api"]]
+    # the data lifecycle: a `qesmon maintain` pass every 10 minutes (cli/maintain.py)
+    commands = [["pipeline"], ["notifier"], ["api"], ["maintain", "--every", "10m"]]
     env = dict(os.environ)
     envs = {
         "pipeline": _child_env(env, settings.up.pipeline_redis_url),
         "notifier": _child_env(env, settings.up.notifier_redis_url),
         "api": _child_env(env, settings.up.api_redis_url),
+        # it uses the database alone: no Redis credentials at all
+        "maintain": {k: v for k, v in _child_env(env, None).items() if k != "REDIS_URL"},
     }
     demo_off = session.why_no_demo(settings, no_demo=args.no_demo)
     routing = None

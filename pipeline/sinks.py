@@ -1,13 +1,19 @@
 """Where the dataflow's results go: rollups to TimescaleDB, rejected events to Redis.
 
-:class:`RollupWriter` is the one place that writes ``metric_rollups``: binary COPY into a
-temporary stage, then one ``INSERT ... ON CONFLICT DO UPDATE`` that *replaces* the row, so a
-replay after a crash overwrites instead of adding. When the database is down it waits and
-retries the same batch with backoff — it blocks the worker on purpose, which stops the source
-from reading further (backpressure) — and never drops a batch. What the database *refuses*
-(SQLSTATE classes 22, 23, 54: see :func:`qesmon.db.is_refusal`) is not retried: the batch is
-halved until the refused windows are alone, the rest is written, and each refused window
-becomes a dead letter (kind ``refused``) with the database's message.
+:class:`RollupWriter` is the one place that writes the rollup tiers (``metric_rollups_10s``,
+``_1m``, ``_1h``: :mod:`qesmon.tiers`): binary COPY into a temporary stage, then per tier one
+``INSERT ... ON CONFLICT DO UPDATE`` that *replaces* the row, so a replay after a crash
+overwrites instead of adding. When the database is down it waits and retries the same batch
+with backoff — it blocks the worker on purpose, which stops the source from reading further
+(backpressure) — and never drops a batch. What the database *refuses* (SQLSTATE classes 22, 23,
+54: see :func:`qesmon.db.is_refusal`) is not retried: the batch is halved until the refused
+windows are alone, the rest is written, and each refused window becomes a dead letter (kind
+``refused``) with the database's message.
+
+Series ids are cached and looked up again once :data:`~qesmon.tiers.SERIES_RECHECK_SECONDS`
+old, which refreshes ``series.resolved_at``; ``qesmon maintain`` deletes only series that no
+writer has looked up for far longer (and that no tier holds a row of), so a cached id is never
+one of a deleted series, and the cache holds only the series written in the last hour or so.
 
 The Bytewax sink classes at the bottom are thin wrappers around the writers.
 """
@@ -26,12 +32,14 @@ import orjson
 import psycopg
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from psycopg import sql
 
 from pipeline.health import PipelineStats
 from qesmon import deadletter
 from qesmon.db import connect, is_refusal
 from qesmon.retry import retry_forever
 from qesmon.series import Series, WindowResult
+from qesmon.tiers import SERIES_RECHECK_SECONDS, tier_for
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +70,11 @@ _COPY_TYPES = [
     "bytea",
 ]
 _UPSERT = """
-INSERT INTO metric_rollups (bucket, width_s, series_id, count, errors, sum, min, max, p50, p95,
-                            p99, distinct_users, sketch, updated_at)
+INSERT INTO {table} (bucket, width_s, series_id, count, errors, sum, min, max, p50, p95, p99,
+                     distinct_users, sketch, updated_at)
 SELECT bucket, width_s, series_id, count, errors, sum, min, max, p50, p95, p99, distinct_users,
        sketch, now()
-FROM rollup_stage
+FROM rollup_stage WHERE width_s = %s
 ON CONFLICT (series_id, width_s, bucket) DO UPDATE SET
     count = EXCLUDED.count, errors = EXCLUDED.errors, sum = EXCLUDED.sum, min = EXCLUDED.min,
     max = EXCLUDED.max, p50 = EXCLUDED.p50, p95 = EXCLUDED.p95, p99 = EXCLUDED.p99,
@@ -74,13 +82,13 @@ ON CONFLICT (series_id, width_s, bucket) DO UPDATE SET
 """
 _SERIES = """
 INSERT INTO series (name, type, tenant_id, labels) VALUES (%s, %s, %s, %s)
-ON CONFLICT (name, type, tenant_id, labels) DO UPDATE SET name = EXCLUDED.name
+ON CONFLICT (name, type, tenant_id, labels) DO UPDATE SET resolved_at = now()
 RETURNING id
 """
 
 
 class RollupWriter:
-    """Idempotent batch writer of window results into ``metric_rollups``."""
+    """Idempotent batch writer of window results into the rollup tiers' tables."""
 
     def __init__(
         self,
@@ -90,14 +98,19 @@ class RollupWriter:
         base_width: int = 10,
         stats: PipelineStats | None = None,
         on_refused: Callable[[Sequence[DeadLetter]], None] | None = None,
+        recheck: float = SERIES_RECHECK_SECONDS,
     ) -> None:
         self.database_url = database_url
         self.wait = wait
         self.base_width = base_width
         self.stats = stats
         self.on_refused = on_refused
+        #: a cached series id older than this is looked up again
+        self.recheck = recheck
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
-        self._series_ids: dict[Series, int] = {}
+        # series -> (id, monotonic time it was looked up); see SERIES_RECHECK_SECONDS
+        self._series_ids: dict[Series, tuple[int, float]] = {}
+        self._swept = time.monotonic()
         # series whose row the database refused: their windows go to the dead letters at once
         self._refused_series: dict[Series, str] = {}
 
@@ -220,13 +233,25 @@ class RollupWriter:
                             agg.to_bytes(),
                         )
                     )
-            cur.execute(_UPSERT)
+            for width in sorted({r.width_s for r in batch}):
+                table = sql.Identifier(tier_for(width).table)
+                cur.execute(sql.SQL(_UPSERT).format(table=table), (width,))
         conn.commit()
 
     def _resolve_series(
         self, conn: psycopg.Connection[tuple[Any, ...]], wanted: set[Series]
     ) -> dict[Series, int]:
-        missing = [s for s in wanted if s not in self._series_ids]
+        now = time.monotonic()
+        if now - self._swept >= self.recheck:  # forget the series not written lately
+            self._series_ids = {
+                s: e for s, e in self._series_ids.items() if now - e[1] < self.recheck
+            }
+            self._swept = now
+        missing = [
+            s
+            for s in wanted
+            if s not in self._series_ids or now - self._series_ids[s][1] >= self.recheck
+        ]
         if missing:
             with conn.cursor() as cur:
                 cur.executemany(
@@ -240,10 +265,11 @@ class RollupWriter:
                 for series in missing:
                     row = cur.fetchone()
                     assert row is not None
-                    self._series_ids[series] = int(row[0])
+                    # the time before the lookup: the id is trusted a little less long
+                    self._series_ids[series] = (int(row[0]), now)
                     cur.nextset()
             conn.commit()
-        return self._series_ids
+        return {s: self._series_ids[s][0] for s in wanted}
 
     def close(self) -> None:
         self._reset()

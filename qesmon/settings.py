@@ -10,8 +10,9 @@ Only ``main()`` functions call :meth:`Settings.from_env`; everything else receiv
 
 A few cross-cutting settings sit at the top (where the servers are, the rules, the Redis key
 prefix and shards, the log level); the rest is grouped by who reads it: :class:`ApiSettings`,
-:class:`PipelineSettings`, :class:`NotifierSettings`, :class:`ChannelSettings`, and
-:class:`UpSettings` (``qesmon up``'s children's credentials). Each field
+:class:`PipelineSettings`, :class:`NotifierSettings`, :class:`ChannelSettings`,
+:class:`RetentionSettings` (``qesmon maintain``) and :class:`UpSettings` (``qesmon up``'s
+children's credentials). Each field
 declares its environment variable, parser, check and mask once, next to it, with
 :func:`setting`; reading (:meth:`~Settings.from_env`), checking (:meth:`~Settings.validate`)
 and the start-up log (:meth:`~Settings.describe`) are derived from those declarations::
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from qesmon import tiers
 from qesmon.addresses import AllowList
 from qesmon.errors import ConfigError
 
@@ -271,6 +273,36 @@ def finite(raw: str) -> float:
     return value
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdwy]?)")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+#: the longest duration accepted: a retention beyond it is a typo (and overflows date arithmetic)
+MAX_DURATION = 1000 * 365 * 86400.0
+
+
+def duration(raw: str) -> float:
+    """Seconds from ``90d``, ``12h``, ``30m``, ``2w``, ``3y`` (365 days) or plain seconds."""
+    found = _DURATION.fullmatch(raw.strip())
+    seconds = float(found.group(1)) * _DURATION_UNITS[found.group(2)] if found else 0.0
+    if not 0 < seconds <= MAX_DURATION:
+        raise ValueError("expected a duration such as 2d, 12h, 30m, 2w or 3y, at most 1000y")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """A duration the way :func:`duration` reads it, in its largest whole unit (``1d``)."""
+    for unit in ("y", "w", "d", "h", "m"):
+        size = _DURATION_UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def at_least_duration(low: float) -> Check[float]:
+    return lambda value, _: None if value >= low else f"must be at least {format_duration(low)}"
+
+
 def _level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -407,6 +439,61 @@ class ChannelSettings:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class RetentionSettings:
+    """How long data is kept: what ``qesmon maintain`` drops and deletes (README "Data
+    lifecycle"). Rollup tiers leave by whole chunks once older than their retention; the other
+    tables by batched deletes. Durations: ``2d``, ``12h``, ``3y``, or seconds."""
+
+    rollups_10s: float = setting("RETENTION_10S", 12 * 3600.0, duration)
+    rollups_1m: float = setting(
+        "RETENTION_1M", 4 * 86400.0, duration, check=at_least_setting("rollups_10s")
+    )
+    rollups_1h: float = setting(
+        "RETENTION_1H", 90 * 86400.0, duration, check=at_least_setting("rollups_1m")
+    )
+    rollups_1d: float = setting(
+        "RETENTION_1D", 3 * 365 * 86400.0, duration, check=at_least_setting("rollups_1h")
+    )
+    #: resolved alerts with their history (events, notices, timers); open alerts are kept
+    alerts: float = setting(
+        "RETENTION_ALERTS", 90 * 86400.0, duration, check=at_least_duration(86400)
+    )
+    #: delivery attempts (``deliveries``), except those of a notice still being delivered
+    deliveries: float = setting(
+        "RETENTION_DELIVERIES", 30 * 86400.0, duration, check=at_least_duration(86400)
+    )
+    #: notices that are done (sent, failed, given up); pending ones are kept
+    outbox: float = setting(
+        "RETENTION_OUTBOX", 30 * 86400.0, duration, check=at_least_duration(86400)
+    )
+    #: transitions the notifier has seen (replay guard), fired/cancelled timers of resolved alerts
+    notifier_state: float = setting(
+        "RETENTION_NOTIFIER_STATE", 7 * 86400.0, duration, check=at_least_duration(86400)
+    )
+    audit_log: float = setting(
+        "RETENTION_AUDIT_LOG", 365 * 86400.0, duration, check=at_least_duration(86400)
+    )
+
+    def of(self, tier: tiers.Tier) -> float:
+        """The retention of a rollup tier, in seconds."""
+        return float(getattr(self, f"rollups_{tier.name}"))
+
+    def problem(self, lateness: float) -> str | None:
+        """Why these retentions would drop a window late events may still update, or None."""
+        for tier in tiers.TIERS:
+            low = tiers.min_horizon(tier, lateness)
+            if self.of(tier) < low:
+                var = _var_of(RetentionSettings, f"rollups_{tier.name}").name
+                return (
+                    f"{var} must be at least {format_duration(low)}: its widest window "
+                    f"({format_duration(low - lateness - tiers.MARGIN)}) + "
+                    f"ALLOWED_LATENESS_SECONDS ({lateness:g} s) + a margin of "
+                    f"{format_duration(tiers.MARGIN)} for a pipeline that is behind"
+                )
+        return None
+
+
 def _redis_url_or_none(url: str | None, holder: Any) -> str | None:
     return None if url is None else url_scheme("redis", "rediss", "unix")(url, holder)
 
@@ -458,6 +545,7 @@ class Settings:
     pipeline: PipelineSettings = group(PipelineSettings)
     notifier: NotifierSettings = group(NotifierSettings)
     channels: ChannelSettings = group(ChannelSettings)
+    retention: RetentionSettings = group(RetentionSettings)
     up: UpSettings = group(UpSettings)
     #: every ``QESMON_*`` variable, for extensions (secrets masked in the log by their name)
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -483,6 +571,9 @@ class Settings:
                 problem = var.check(value, holder)
                 if problem is not None:
                     raise ConfigError(f"{var.name} {problem}")
+        across = self.retention.problem(self.pipeline.allowed_lateness)
+        if across is not None:
+            raise ConfigError(across)
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration with every secret masked, for the start-up log."""
@@ -573,6 +664,7 @@ __all__ = [
     "ChannelSettings",
     "NotifierSettings",
     "PipelineSettings",
+    "RetentionSettings",
     "Settings",
     "StreamKeys",
     "UpSettings",

@@ -123,7 +123,7 @@ def test_the_readme_lists_every_variable_with_its_default() -> None:
     section = section[: section.index("\n## ", 1)]
     rows = {
         m.group(1): m.group(2)
-        for m in re.finditer(r"^\| `([A-Z_]+)` \| ([^|]*) \|", section, re.MULTILINE)
+        for m in re.finditer(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]*) \|", section, re.MULTILINE)
     }
     for path, (var, _) in ENV.items():
         assert var in rows, f"{var} ({path}) is not in the README's Configuration table"

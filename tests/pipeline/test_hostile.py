@@ -186,12 +186,18 @@ BEGIN
 END $$;
 CREATE TRIGGER qesmon_test_refuse_series BEFORE INSERT ON series
   FOR EACH ROW EXECUTE FUNCTION qesmon_test_refuse_series();
-CREATE TRIGGER qesmon_test_refuse_rollups BEFORE INSERT OR UPDATE ON metric_rollups
+CREATE TRIGGER qesmon_test_refuse_rollups BEFORE INSERT OR UPDATE ON metric_rollups_10s
+  FOR EACH ROW EXECUTE FUNCTION qesmon_test_refuse_rollup();
+CREATE TRIGGER qesmon_test_refuse_rollups BEFORE INSERT OR UPDATE ON metric_rollups_1m
+  FOR EACH ROW EXECUTE FUNCTION qesmon_test_refuse_rollup();
+CREATE TRIGGER qesmon_test_refuse_rollups BEFORE INSERT OR UPDATE ON metric_rollups_1h
   FOR EACH ROW EXECUTE FUNCTION qesmon_test_refuse_rollup();
 """
 UNREFUSE_SQL = """
 DROP TRIGGER IF EXISTS qesmon_test_refuse_series ON series;
-DROP TRIGGER IF EXISTS qesmon_test_refuse_rollups ON metric_rollups;
+DROP TRIGGER IF EXISTS qesmon_test_refuse_rollups ON metric_rollups_10s;
+DROP TRIGGER IF EXISTS qesmon_test_refuse_rollups ON metric_rollups_1m;
+DROP TRIGGER IF EXISTS qesmon_test_refuse_rollups ON metric_rollups_1h;
 DROP FUNCTION IF EXISTS qesmon_test_refuse_series();
 DROP FUNCTION IF EXISTS qesmon_test_refuse_rollup();
 """
