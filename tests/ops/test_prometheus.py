@@ -212,8 +212,8 @@ def exporter(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) 
             ).fetchone()
             assert row is not None
             conn.execute(
-                "INSERT INTO metric_rollups (bucket, width_s, series_id, count, errors, sum, min,"
-                " max, p50, p95, p99, distinct_users, sketch)"
+                "INSERT INTO metric_rollups_10s (bucket, width_s, series_id, count, errors, sum,"
+                " min, max, p50, p95, p99, distinct_users, sketch)"
                 " VALUES (%s, 10, %s, 1, 0, 95, 95, 95, 95, 95, 95, 0, %s)",
                 (bucket, row[0], agg.to_bytes()),
             )
