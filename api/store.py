@@ -170,8 +170,12 @@ async def latest_buckets(conn: Conn) -> dict[int, float | None]:
 
 
 async def earliest_bucket(conn: Conn) -> float:
-    """Start of the oldest stored window (now when there is none)."""
-    cur = await conn.execute("SELECT min(bucket) FROM metric_rollups")
+    """Start of the oldest stored window of the widths read here (now when there is none)."""
+    oldest = [
+        sql.SQL("(SELECT min(bucket) FROM {})").format(sql.Identifier(tier_for(w).table))
+        for w in ROLLUP_WIDTHS
+    ]
+    cur = await conn.execute(sql.SQL("SELECT least({})").format(sql.SQL(", ").join(oldest)))
     row = await cur.fetchone()
     return row[0].timestamp() if row and row[0] is not None else time.time()
 

@@ -260,6 +260,11 @@ def main() -> None:
                 # the day tier is made by maintain: a pass that only merges
                 report = run_pass(dataclasses.replace(settings, retention=KEEP_ALL))
                 assert report.ok, report.errors
+                merged = report.summary["merged_days"]["rows"]
+                print(
+                    f"  maintain merged {merged:,} {kind} day rows (each of up to 24 hour rows)"
+                    f" in {report.summary['seconds']:.1f} s"
+                )
                 sizes[f"{kind}_days"] = measure(conn)
             stats = {kind: kind_rows(conn, name) for kind, name in names.items()}
             report = run_pass(settings)

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from api import store
 from cli.maintain import Cutoffs, run_pass
 from pipeline.sinks import RollupWriter
 from qesmon import tiers
@@ -631,3 +632,19 @@ def test_qesmon_maintain_dry_run_changes_nothing_and_a_second_pass_nothing_more(
 
     refused = _maintain(settings, "--every", "0.5s")
     assert refused.returncode == 2 and "at least 1s" in refused.stderr
+
+
+async def test_the_api_starts_its_history_at_the_oldest_row_it_reads_not_the_day_tiers(
+    settings: Settings, db: Db
+) -> None:
+    now = time.time()
+    series = Series("signup", "business_event", "", ())
+    write(settings, [window(series, HOUR, now - 10 * DAY, [1.0])])
+    db.execute(
+        "INSERT INTO metric_rollups_1d (bucket, width_s, series_id, count, errors, sum, min, max)"
+        " SELECT time_bucket('1 day', now() - interval '2 years'), 86400, id, 1, 0, 1, 1, 1"
+        " FROM series"
+    )
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        oldest = await store.earliest_bucket(conn)  # the exporter's totals start there
+    assert oldest == math.floor((now - 10 * DAY) / HOUR) * HOUR
