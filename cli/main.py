@@ -215,15 +215,22 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child_env(env: Mapping[str, str], redis_url: str | None) -> dict[str, str]:
+def _child_env(
+    env: Mapping[str, str], redis_url: str | None, database_url: str | None
+) -> dict[str, str]:
     """A child's environment: ``env`` with ``redis_url`` (its own Redis user) as its
-    ``REDIS_URL`` and none of the other Redis credentials ``qesmon up`` holds (the other
-    children's, the producer's, the admin's ``QESMON_PRIVATE_REDIS_URL``)."""
+    ``REDIS_URL``, ``database_url`` (its own database role) as its ``DATABASE_URL``, and none
+    of the other credentials ``qesmon up`` holds (the other children's, the producer's, the
+    admin's ``QESMON_PRIVATE_REDIS_URL``)."""
     out = {
-        k: v for k, v in env.items() if not (k.startswith("QESMON_") and k.endswith("_REDIS_URL"))
+        k: v
+        for k, v in env.items()
+        if not (k.startswith("QESMON_") and k.endswith(("_REDIS_URL", "_DATABASE_URL")))
     }
     if redis_url is not None:
         out["REDIS_URL"] = redis_url
+    if database_url is not None:
+        out["DATABASE_URL"] = database_url
     return out
 
 
@@ -233,8 +240,9 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     A child that exits is restarted with backoff while the others keep running (the demo,
     which may end on its own, is not); see :mod:`cli.supervisor`. A second Ctrl-C kills
     the children instead of waiting for them. The pipeline, notifier and API each get the
-    Redis user of their own that ``settings.up`` names; ``up`` itself and the demo keep
-    ``REDIS_URL``."""
+    Redis user and the database role of their own that ``settings.up`` names; ``up`` itself
+    and the demo keep ``REDIS_URL`` and ``DATABASE_URL``, and so does ``maintain`` (which drops
+    chunks: the tables' owner) for the database."""
     from cli.demo import notifier_rules_dir, session
     from cli.demo.notify import free_port, outbound_allow
     from cli.supervisor import Spec, Supervisor
@@ -245,11 +253,15 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     commands = [["pipeline"], ["notifier"], ["api"], ["maintain", "--every", "10m"]]
     env = dict(os.environ)
     envs = {
-        "pipeline": _child_env(env, settings.up.pipeline_redis_url),
-        "notifier": _child_env(env, settings.up.notifier_redis_url),
-        "api": _child_env(env, settings.up.api_redis_url),
+        "pipeline": _child_env(
+            env, settings.up.pipeline_redis_url, settings.up.pipeline_database_url
+        ),
+        "notifier": _child_env(
+            env, settings.up.notifier_redis_url, settings.up.notifier_database_url
+        ),
+        "api": _child_env(env, settings.up.api_redis_url, settings.up.api_database_url),
         # it uses the database alone: no Redis credentials at all
-        "maintain": {k: v for k, v in _child_env(env, None).items() if k != "REDIS_URL"},
+        "maintain": {k: v for k, v in _child_env(env, None, None).items() if k != "REDIS_URL"},
     }
     demo_off = session.why_no_demo(settings, no_demo=args.no_demo)
     routing = None

@@ -1,10 +1,17 @@
-"""Schema migrations: numbered plain-SQL files in ``migrations/``, applied in order.
+"""Schema migrations: numbered plain-SQL files in ``migrations/``, applied in order, then the
+processes' privileges, ``migrations/grants.sql``.
 
-Each file runs in its own transaction and is recorded in ``schema_migrations`` with its
-SHA-256; applying twice is a no-op; a failed file is rolled back entirely and reported with
+Each numbered file runs in its own transaction and is recorded in ``schema_migrations`` with
+its SHA-256; applying twice is a no-op; a failed file is rolled back entirely and reported with
 its name and the failing statement. An advisory lock keeps two processes from migrating at
 once. Files are split into statements on ``;`` at line ends so the failing one can be named;
 a statement containing a dollar-quoted body (``DO $$ ... $$``) is kept whole.
+
+``grants.sql`` is not recorded: it runs after the numbered files every time, in one
+transaction, and says the whole of what the roles of :data:`PROCESS_ROLES` may do (it revokes
+everything first). It runs when those roles exist (``scripts/pg-roles.sql`` makes them); with
+none of them, every process uses ``DATABASE_URL``'s role and it is skipped; with only some,
+migrating fails, since the grants name all three.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _FILE = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 _LOCK_ID = 7_420_191_001
+#: what each process may do, applied after the numbered migrations (not a migration itself)
+GRANTS_FILE = "grants.sql"
+#: the database roles of the pipeline, the notifier and the API that grants.sql names
+PROCESS_ROLES = ("qesmon_pipeline", "qesmon_notifier", "qesmon_api")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +50,12 @@ class Migration:
 
 
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """All migration files in lexical order; refuse names that do not follow NNNN_name.sql."""
+    """All migration files in lexical order; refuse names that do not follow NNNN_name.sql
+    (but for :data:`GRANTS_FILE`)."""
     found: list[Migration] = []
     for path in sorted(directory.glob("*.sql")):
+        if path.name == GRANTS_FILE:
+            continue
         if not _FILE.fullmatch(path.name):
             raise MigrationError("file name must look like 0001_some_name.sql", str(path))
         found.append(Migration(path.stem, path, path.read_text(encoding="utf-8")))
@@ -74,7 +88,8 @@ def split_statements(sql: str) -> list[str]:
 
 
 def apply_migrations(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Apply every pending migration; return the versions applied (empty when up to date)."""
+    """Apply every pending migration, then the directory's grants file (when it has one and
+    the process roles exist); return the versions applied (empty when up to date)."""
     migrations = discover(directory)
     applied_now: list[str] = []
     with connect(database_url, autocommit=True) as conn:
@@ -100,6 +115,9 @@ def apply_migrations(database_url: str, directory: Path = MIGRATIONS_DIR) -> lis
                 _apply_one(conn, migration)
                 applied_now.append(migration.version)
                 log.info("applied migration %s", migration.path.name)
+            grants = directory / GRANTS_FILE
+            if grants.is_file():
+                _apply_grants(conn, grants)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
     return applied_now
@@ -107,20 +125,49 @@ def apply_migrations(database_url: str, directory: Path = MIGRATIONS_DIR) -> lis
 
 def _apply_one(conn: psycopg.Connection[tuple[object, ...]], migration: Migration) -> None:
     with conn.transaction():
-        for statement in split_statements(migration.sql):
-            try:
-                conn.execute(statement.encode())
-            except psycopg.Error as exc:
-                first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-                raise MigrationError(
-                    f"{migration.path.name}: {first_line}\n  in statement: {_shorten(statement)}",
-                    migration.path.name,
-                    statement,
-                ) from exc
+        _run_file(conn, migration.path.name, migration.sql)
         conn.execute(
             "INSERT INTO schema_migrations (version, checksum) VALUES (%s, %s)",
             (migration.version, migration.checksum),
         )
+
+
+def _apply_grants(conn: psycopg.Connection[tuple[object, ...]], path: Path) -> None:
+    rows = conn.execute(
+        "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(PROCESS_ROLES),)
+    )
+    present = {str(name) for (name,) in rows}
+    if not present:
+        log.info(
+            "no process roles (%s): %s not applied, every process uses DATABASE_URL's role",
+            ", ".join(PROCESS_ROLES),
+            path.name,
+        )
+        return
+    missing = [role for role in PROCESS_ROLES if role not in present]
+    if missing:
+        raise MigrationError(
+            f"{path.name}: role {missing[0]} does not exist, but {sorted(present)[0]} does:"
+            " create all three with scripts/pg-roles.sql",
+            path.name,
+        )
+    with conn.transaction():
+        _run_file(conn, path.name, path.read_text(encoding="utf-8"))
+    log.info("applied %s: privileges of %s", path.name, ", ".join(PROCESS_ROLES))
+
+
+def _run_file(conn: psycopg.Connection[tuple[object, ...]], name: str, text: str) -> None:
+    """Run a file's statements (inside the caller's transaction), naming a failing one."""
+    for statement in split_statements(text):
+        try:
+            conn.execute(statement.encode())
+        except psycopg.Error as exc:
+            first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise MigrationError(
+                f"{name}: {first_line}\n  in statement: {_shorten(statement)}",
+                name,
+                statement,
+            ) from exc
 
 
 def _shorten(statement: str, limit: int = 300) -> str:

@@ -498,15 +498,20 @@ def _redis_url_or_none(url: str | None, holder: Any) -> str | None:
     return None if url is None else url_scheme("redis", "rediss", "unix")(url, holder)
 
 
+def _database_url_or_none(url: str | None, holder: Any) -> str | None:
+    return None if url is None else url_scheme("postgresql", "postgres")(url, holder)
+
+
 def _mask_url_or_none(url: str | None) -> str | None:
     return None if url is None else mask_url(url)
 
 
 @dataclass(frozen=True, kw_only=True)
 class UpSettings:
-    """The Redis users ``qesmon up`` gives its children, each its own (``scripts/setup.sh``
-    writes them into ``var/env.sh``; what each may do: ``scripts/redis-users.sh``). A child runs
-    with its URL as ``REDIS_URL``, or with ``REDIS_URL`` itself when its URL is not set."""
+    """The Redis users and database roles ``qesmon up`` gives its children, each its own
+    (``scripts/setup.sh`` writes them into ``var/env.sh``; what each may do:
+    ``scripts/redis-users.sh`` and ``migrations/grants.sql``). A child runs with its URLs as
+    ``REDIS_URL`` and ``DATABASE_URL``, or with ``up``'s own when its URL is not set."""
 
     pipeline_redis_url: str | None = setting(
         "QESMON_PIPELINE_REDIS_URL", None, str, check=_redis_url_or_none, mask=_mask_url_or_none
@@ -516,6 +521,23 @@ class UpSettings:
     )
     api_redis_url: str | None = setting(
         "QESMON_API_REDIS_URL", None, str, check=_redis_url_or_none, mask=_mask_url_or_none
+    )
+    pipeline_database_url: str | None = setting(
+        "QESMON_PIPELINE_DATABASE_URL",
+        None,
+        str,
+        check=_database_url_or_none,
+        mask=_mask_url_or_none,
+    )
+    notifier_database_url: str | None = setting(
+        "QESMON_NOTIFIER_DATABASE_URL",
+        None,
+        str,
+        check=_database_url_or_none,
+        mask=_mask_url_or_none,
+    )
+    api_database_url: str | None = setting(
+        "QESMON_API_DATABASE_URL", None, str, check=_database_url_or_none, mask=_mask_url_or_none
     )
 
 

@@ -2,7 +2,8 @@
 # Make this machine ready to run and test qes-monitoring, idempotently.
 #
 #   scripts/setup.sh           Python venv + deps, system packages, TimescaleDB,
-#                              private Redis and PostgreSQL with passwords, var/env.sh
+#                              private Redis and PostgreSQL with passwords, a Redis user
+#                              and a database role per process, var/env.sh
 #   scripts/setup.sh --test    the same, plus promtool and amtool
 #   scripts/setup.sh --stop    stop the private Redis and PostgreSQL cleanly
 #
@@ -665,6 +666,27 @@ pg_set_password() {
 		die "could not set the password of postgres (see $PG_LOG)"
 }
 
+# The roles of the processes (qesmon_pipeline, qesmon_notifier, qesmon_api: scripts/pg-roles.sql,
+# what each may do: migrations/grants.sql, applied by `qesmon migrate`).
+PG_ROLES=(pipeline notifier api)
+
+pg_role_url() { # NAME -> the URL of role qesmon_NAME on the private PostgreSQL
+	printf 'postgresql://qesmon_%s:%s@127.0.0.1:%s/%s' "$1" "$(secret "pg-$1")" "$PG_PORT" "$PG_DB"
+}
+
+# pg_process_roles: create the roles or set their passwords again, from var/secrets/pg-NAME,
+# handed to psql in its environment (never on a command line).
+pg_process_roles() {
+	(
+		local role password
+		for role in "${PG_ROLES[@]}"; do
+			password=$(secret "pg-$role")
+			export "POSTGRES_${role^^}_PASSWORD=$password"
+		done
+		psql_admin -d "$PG_DB" -f - <"$ROOT/scripts/pg-roles.sql" >/dev/null
+	) || die "could not create the roles of the processes (scripts/pg-roles.sql; see $PG_LOG)"
+}
+
 # write_pg_file NAME TEXT: TEXT into the cluster's NAME; true when it changed.
 write_pg_file() {
 	local file="$PGDATA_DIR/$1"
@@ -791,6 +813,7 @@ EOF
 	fi
 	psql_admin -d "$PG_DB" -c 'SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS timescaledb' ||
 		die "could not enable timescaledb in database $PG_DB"
+	pg_process_roles
 	TSDB_VERSION=$(psql_admin -d "$PG_DB" -tAc "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
 }
 
@@ -845,6 +868,13 @@ rm -f "$VAR/env.sh.tmp"
 			done
 			echo "# what the platform gets: it may only append to the metric streams."
 			printf 'export QESMON_PRODUCER_REDIS_URL=%q\n' "$(redis_user_url producer)"
+		fi
+		if [ -z "${DATABASE_URL:-}" ]; then
+			echo "# 'qesmon up' starts each child with DATABASE_URL set to the child's own role"
+			echo "# (scripts/pg-roles.sql; what each may do: migrations/grants.sql)."
+			for role in "${PG_ROLES[@]}"; do
+				printf 'export QESMON_%s_DATABASE_URL=%q\n' "${role^^}" "$(pg_role_url "$role")"
+			done
 		fi
 	} >"$VAR/env.sh.tmp"
 )

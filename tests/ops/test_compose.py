@@ -39,6 +39,11 @@ REDIS_USERS = ("ADMIN", "PRODUCER", "PIPELINE", "NOTIFIER", "API")
 SECRET = re.compile(r"PASSWORD|SECRET|TOKEN|WEBHOOK|API_KEY", re.I)
 #: what .env must give (compose refuses to start without them), with stand-in values
 REQUIRED = {"POSTGRES_PASSWORD": "x", "PROMETHEUS_METRICS_BEARER_TOKEN": "0123456789abcdef" * 2}
+#: the database roles of scripts/pg-roles.sql, each with a password from .env
+PG_ROLES = ("PIPELINE", "NOTIFIER", "API")
+REQUIRED.update(
+    {f"POSTGRES_{role}_PASSWORD": f"{role.lower()}-0123456789abcdef" for role in PG_ROLES}
+)
 REQUIRED.update(
     {f"REDIS_{user}_PASSWORD": f"{user.lower()}-0123456789abcdef" for user in REDIS_USERS}
 )
@@ -95,8 +100,8 @@ def test_every_service_has_an_image_or_a_build_that_exists() -> None:
             )
             assert (ROOT / context / "Dockerfile").is_file(), name
     expected = {
-        "redis", "timescaledb", "migrate", "grafana-db-reader", "pipeline", "notifier", "api",
-        "prometheus", "alertmanager", "grafana",
+        "redis", "timescaledb", "db-roles", "migrate", "grafana-db-reader", "pipeline",
+        "notifier", "api", "prometheus", "alertmanager", "grafana",
     }  # fmt: skip
     assert set(_services()) == expected
     assert _services()["timescaledb"]["image"].startswith("timescale/timescaledb:")
@@ -179,6 +184,8 @@ def test_qesmon_environment_uses_the_settings_names_and_is_valid() -> None:
     for match in _REF.finditer(text):
         assert match.group(1) in env_example, f"${{{match.group(1)}}} is not in .env.example"
     with pytest.raises(ValueError, match="POSTGRES_PASSWORD"):
+        interpolate(str(_services()["migrate"]["environment"]["PGPASSWORD"]), {})
+    with pytest.raises(ValueError, match="POSTGRES_API_PASSWORD"):
         interpolate(str(_services()["api"]["environment"]["PGPASSWORD"]), {})
 
 

@@ -620,6 +620,7 @@ def assert_locked_down(run: SetUp) -> dict[str, str]:
     assert _mode(var / "env.sh") == 0o600
     assert _mode(var / "secrets") == 0o700
     stored = {"pg-postgres", *(f"redis-{name}" for name in ("admin", *ROLES))}
+    stored |= {f"pg-{name}" for name in ("pipeline", "notifier", "api")}  # their database roles
     assert {p.name: _mode(p) for p in (var / "secrets").iterdir()} == dict.fromkeys(stored, 0o600)
     assert _mode(var / "redis-users.acl") == 0o600
     env = run.exports()
@@ -651,6 +652,8 @@ def assert_locked_down(run: SetUp) -> dict[str, str]:
     for role in ("pipeline", "notifier", "api"):
         url = env[f"QESMON_{role.upper()}_REDIS_URL"]
         assert redis.Redis.from_url(url).ping() and url.startswith(f"redis://{role}:")
+        with psycopg.connect(env[f"QESMON_{role.upper()}_DATABASE_URL"]) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (f"qesmon_{role}",)
     producer.close()
     admin.close()
     return env
