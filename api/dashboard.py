@@ -70,7 +70,9 @@ async def build(
     slow_threshold: float,
 ) -> dict[str, Any]:
     period = period_days(now, days)
-    spans = store.plan_spans(period.start, period.end, await store.latest_buckets(conn))
+    # hours at the coarsest: uptime is judged per hour (a day tier row would judge a whole day)
+    latest = await store.latest_buckets(conn)
+    spans = store.plan_spans(period.start, period.end, latest, max_width=store.HOUR)
 
     revenue = {"total": 0.0, "new": 0.0, "recurring": 0.0}
     for row in await store.totals(

@@ -7,11 +7,13 @@ API processes report the same values. A background task rebuilds a snapshot ever
 formats the snapshot, so it takes milliseconds whatever the database is doing.
 
 Counters (``qes_revenue_total``, ``qes_requests_total``, ``qes_usage_total`` and the
-histograms) cover every rollup still retained: closed hours are added up once
-(incrementally, after the allowed lateness has passed) and the newer minutes and 10 s windows
-on each refresh. They drop when retention removes old chunks, which Prometheus treats as a
-counter reset. Histogram buckets are the merged sketch's CDF: exact below 256 values per
-window, within KLL's rank error (about 1.3 %) above. Gauges from rollups (CPU, quota,
+histograms) cover every rollup still retained: closed days (from the day tier) and hours are
+added up once (incrementally, after the allowed lateness has passed), so a start reads one row
+per series and day of history, and the newer minutes and 10 s windows on each refresh. Since
+the day tier keeps years (``RETENTION_1D``), dropping finer chunks changes nothing; they drop
+only when the day tier's oldest chunk goes, which Prometheus treats as a counter reset.
+Histogram buckets are the merged sketch's CDF: exact below 256 values per window, within the
+sketch's rank error above. Gauges from rollups (CPU, quota,
 subscriptions) are the mean of each series' newest window.
 
 Who may scrape is :mod:`api.exporter_auth`'s business; with ``PROMETHEUS_TENANT_SERIES=false``
@@ -246,26 +248,33 @@ class Exporter:
             if closed.upto is not None
             else store.floor_to(await store.earliest_bucket(conn), HOUR)
         )
-        spans = [store.Span(HOUR, lo, boundary)]
+        # merged days from the day tier, the hours after them from the hour tier: a start
+        # reads a row per series and day of history, not one per hour
+        spans = store.plan_spans(lo, boundary, await store.latest_buckets(conn))
         for name, by in COUNTER_SOURCES:
             for row in await store.totals(conn, SeriesFilter(names=(name,)), spans, by=by):
                 acc = closed.totals.setdefault((name, row.key), [0.0, 0.0])
                 acc[0] += row.count
                 acc[1] += row.sum
-        # a day at a time, so the first pass over weeks of sketches stays small in memory
-        day = 86400.0
+        # 24 buckets at a time, so the first pass over months of sketches stays small in memory
         for name, by in HISTOGRAM_SOURCES:
-            chunk_start = lo
-            while chunk_start < boundary:
-                chunk = [store.Span(HOUR, chunk_start, min(boundary, chunk_start + day))]
-                merged = await store.sketches(conn, None, SeriesFilter(names=(name,)), chunk, by=by)
-                for (_, key), agg in merged.items():
-                    target = closed.hists.get((name, key))
-                    if target is None:
-                        closed.hists[(name, key)] = agg
-                    else:
-                        target.merge(agg)
-                chunk_start += day
+            for span in spans:
+                step = span.width_s * 24
+                chunk_start = span.start
+                while chunk_start < span.end:
+                    chunk = [
+                        store.Span(span.width_s, chunk_start, min(span.end, chunk_start + step))
+                    ]
+                    flt = SeriesFilter(names=(name,))
+                    for (_, key), agg in (
+                        await store.sketches(conn, None, flt, chunk, by=by)
+                    ).items():
+                        target = closed.hists.get((name, key))
+                        if target is None:
+                            closed.hists[(name, key)] = agg
+                        else:
+                            target.merge(agg)
+                    chunk_start += step
         closed.upto = boundary
 
     async def _counters(self, conn: Conn, spans: list[store.Span]) -> list[Metric]:

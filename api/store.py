@@ -1,9 +1,13 @@
 """Reading what the pipeline wrote: the one module of ``api/`` that speaks SQL.
 
-Rollups come in three widths (10 s, 60 s, 3600 s). A period is read as *spans*: whole closed
-hours from the 3600 s rows, the minutes around them from the 60 s rows, and what is newer than
-the last closed minute from the 10 s rows (the current hour and minute exist only in the finer
-widths). :func:`plan_spans` cuts a period that way; the queries below read only those rows::
+Rollups come in four widths (10 s, 60 s and 3600 s written by the pipeline, 86400 s merged
+from the hour rows of final days by ``qesmon maintain``), each in a table of its own
+(:mod:`qesmon.tiers`). A period is read as *spans*: whole merged days from the day rows, the
+hours around them from the 3600 s rows, the minutes around those from the 60 s rows, and what
+is newer than the last closed minute from the 10 s rows (the current day, hour and minute exist
+only in the finer widths). So a year is read from 365 rows per series, not 8,760 or 525,600,
+and a long report or the exporter's first pass after a start stays fast. :func:`plan_spans` cuts
+a period that way; the queries below read only those rows::
 
     spans = plan_spans(start, end, await latest_buckets(conn))
     rows = await totals(conn, SeriesFilter(names=("http_request",)), spans, by=("endpoint",))
@@ -36,6 +40,10 @@ from qesmon.tiers import tier_for
 
 HOUR = 3600
 MINUTE = 60
+DAY = 86400
+
+#: the widths read here: the pipeline's and the day tier merged from its hours
+READ_WIDTHS = (*ROLLUP_WIDTHS, DAY)
 
 Conn = AsyncConnection[tuple[Any, ...]]
 
@@ -78,18 +86,18 @@ def plan_spans(
     end: float,
     latest: dict[int, float | None],
     *,
-    max_width: int = HOUR,
+    max_width: int = DAY,
 ) -> list[Span]:
     """Cut ``[start, end)`` into the coarsest rollup rows that cover it without overlap.
 
     ``latest`` maps a width to the start of the newest bucket written at that width (``None``
     when there is none): a width is used only up to what the pipeline has closed, and the
     rest falls to the next finer width. ``start`` should be minute-aligned; the first
-    partial minute is read from 10 s rows otherwise. ``max_width`` (60 or 3600) is the
+    partial minute is read from 10 s rows otherwise. ``max_width`` (60, 3600 or 86400) is the
     coarsest width allowed, e.g. 60 when the caller wants points per minute.
     """
     spans: list[Span] = []
-    widths = [w for w in sorted(ROLLUP_WIDTHS, reverse=True) if w <= max_width]
+    widths = [w for w in sorted(READ_WIDTHS, reverse=True) if w <= max_width]
     finest = min(ROLLUP_WIDTHS)
 
     def cover(lo: float, hi: float, level: int) -> None:
@@ -160,7 +168,7 @@ def _group_columns(by: Sequence[str], params: dict[str, Any]) -> list[sql.Compos
 async def latest_buckets(conn: Conn) -> dict[int, float | None]:
     """The start of the newest bucket written at each rollup width."""
     out: dict[int, float | None] = {}
-    for width in ROLLUP_WIDTHS:
+    for width in READ_WIDTHS:
         # the tier's own table: max() over the view with a width condition scans every chunk
         table = sql.Identifier(tier_for(width).table)
         cur = await conn.execute(sql.SQL("SELECT max(bucket) FROM {}").format(table))
@@ -173,7 +181,7 @@ async def earliest_bucket(conn: Conn) -> float:
     """Start of the oldest stored window of the widths read here (now when there is none)."""
     oldest = [
         sql.SQL("(SELECT min(bucket) FROM {})").format(sql.Identifier(tier_for(w).table))
-        for w in ROLLUP_WIDTHS
+        for w in READ_WIDTHS
     ]
     cur = await conn.execute(sql.SQL("SELECT least({})").format(sql.SQL(", ").join(oldest)))
     row = await cur.fetchone()
