@@ -25,6 +25,9 @@ Window life cycle (base width ``W``, allowed lateness ``L``):
 
 A minute or hour window's value is its accumulator merged with the base windows inside it
 that are not final yet; it is emitted when ``wm >= end`` and dropped at ``end + L``.
+Each window's row keeps the sketch precision of its width (``precision_for``: compact for
+10 s and 1 min, full for the hour); in memory every sketch is full, so an hour merged from
+10 s windows is full too.
 
 Cardinality. A series is *active* while it has a window of the widest level open (up to an
 hour and the lateness after its last event). A new series is admitted only while its tenant
@@ -47,7 +50,7 @@ from typing import Any
 from qesmon.columns import EventColumns
 from qesmon.contract import Event
 from qesmon.series import Series, WindowResult
-from qesmon.sketch import Agg
+from qesmon.sketch import Agg, precision_for
 
 #: (name, type, tenant, labels): the series part of a window key
 SeriesKey = tuple[str, str, str, tuple[tuple[str, str], ...]]
@@ -308,7 +311,7 @@ class ShardWindows:
 
     def _open(self, key: WindowKey) -> _Window:
         base = self.base
-        window = _Window(Agg())
+        window = _Window(Agg(precision_for(base.width)))
         base.windows[key] = window
         end = key[1] + base.width
         base.to_emit.setdefault(end, set()).add(key)
@@ -319,7 +322,7 @@ class ShardWindows:
         for level in self.uppers:
             ukey = (series, key[1] - key[1] % level.width)
             if ukey not in level.windows:
-                level.windows[ukey] = _Window(Agg())
+                level.windows[ukey] = _Window(Agg(precision_for(level.width)))
                 uend = ukey[1] + level.width
                 level.to_emit.setdefault(uend, set()).add(ukey)
                 level.to_drop.setdefault(uend, set()).add(ukey)
