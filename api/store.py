@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -391,11 +392,19 @@ async def totals(
     return [out[k] for k in sorted(out, key=lambda k: (k[1], k[0] or 0.0))]
 
 
-async def _fetch_sketches(
+#: rows of sketches read at a time: a year of day rows of every series with users is ~130,000
+#: rows and 500 MB, merged batch by batch instead of held all at once
+FETCH_BATCH = 2000
+_cursor_ids = itertools.count()
+
+
+async def _sketch_batches(
     conn: Conn, flt: SeriesFilter, spans: Sequence[Span], by: Sequence[str]
-) -> list[tuple[Any, ...]]:
+) -> AsyncIterator[list[tuple[Any, ...]]]:
+    """The stored sketches of ``flt`` over ``spans`` (group key, bucket, sketch), in batches
+    of :data:`FETCH_BATCH` rows from a server-side cursor."""
     if not spans:
-        return []
+        return
     where, params = _where(flt, spans)
     keys = _group_columns(by, params)
     select = [*keys, sql.SQL("extract(epoch FROM r.bucket)::float8"), sql.SQL("r.sketch")]
@@ -403,8 +412,23 @@ async def _fetch_sketches(
         "SELECT {select} FROM metric_rollups r JOIN series s ON s.id = r.series_id "
         "WHERE {where} AND r.sketch IS NOT NULL"
     ).format(select=sql.SQL(", ").join(select), where=where)
-    cur = await conn.execute(query, params)
-    return await cur.fetchall()
+    async with conn.transaction(), conn.cursor(name=f"sketches_{next(_cursor_ids)}") as cur:
+        await cur.execute(query, params)
+        while batch := await cur.fetchmany(FETCH_BATCH):
+            yield batch
+
+
+async def _merge_query(
+    conn: Conn,
+    flt: SeriesFilter,
+    spans: Sequence[Span],
+    by: Sequence[str],
+    step: int | None,
+    out: dict[tuple[float | None, tuple[str, ...]], Agg],
+) -> None:
+    """Merge the stored sketches of ``flt`` over ``spans`` into ``out``, batch by batch."""
+    async for batch in _sketch_batches(conn, flt, spans, by):
+        await _merge_rows(batch, len(by), step, out)
 
 
 MERGE_SLICE = 200
@@ -466,16 +490,15 @@ async def sketches(
     ``step`` must be a multiple of every span width used (3600 or 86400 with hour spans, 60
     with minute spans). Final 1 h / 1 min windows are merged once per process (``cache``).
     """
-    n = len(by)
     out: dict[tuple[float | None, tuple[str, ...]], Agg] = {}
     if cache is None:
-        await _merge_rows(await _fetch_sketches(conn, flt, spans, by), n, step, out)
+        await _merge_query(conn, flt, spans, by, step, out)
         return out
     cached, live = _split(spans, time.time() - cache.settle_seconds)
 
     async def fetch(runs: list[Span], width: int) -> dict[float, Any]:
         merged: dict[tuple[float | None, tuple[str, ...]], Agg] = {}
-        await _merge_rows(await _fetch_sketches(conn, flt, runs, by), n, width, merged)
+        await _merge_query(conn, flt, runs, by, width, merged)
         per: dict[float, GroupAggs] = {}
         for (at, key), agg in merged.items():
             assert at is not None
@@ -491,7 +514,7 @@ async def sketches(
                 out[(at, key)] = agg.copy()
             else:
                 target.merge(agg)
-    await _merge_rows(await _fetch_sketches(conn, flt, live, by), n, step, out)
+    await _merge_query(conn, flt, live, by, step, out)
     return out
 
 
@@ -506,7 +529,7 @@ async def distinct_users(
 
     async def fetch(runs: list[Span], width: int) -> dict[float, Any]:
         merged: dict[tuple[float | None, tuple[str, ...]], Agg] = {}
-        await _merge_rows(await _fetch_sketches(conn, flt, runs, ()), 0, width, merged)
+        await _merge_query(conn, flt, runs, (), width, merged)
         return {at: {key: agg} for (at, key), agg in merged.items() if at is not None}
 
     union = UserUnion()
@@ -514,10 +537,11 @@ async def distinct_users(
     for groups in (await _per_bucket(cache, shape, cached, fetch)).values():
         for agg in groups.values():
             union.add(agg)
-    for i, row in enumerate(await _fetch_sketches(conn, flt, live, ())):
-        if i and i % MERGE_SLICE == 0:
-            await asyncio.sleep(0)
-        union.add(Agg.from_bytes(bytes(row[1])))
+    async for batch in _sketch_batches(conn, flt, live, ()):
+        for i, row in enumerate(batch):
+            if i and i % MERGE_SLICE == 0:
+                await asyncio.sleep(0)
+            union.add(Agg.from_bytes(bytes(row[1])))
     return union.count()
 
 

@@ -4,26 +4,36 @@ Creates a database of its own (dropped at the end), loads hourly rollups for 30 
 rollups for the last 2 hours and 10 s rollups for the last 2 minutes of 1,000 series (the
 pipeline's own RollupWriter writes them), starts ``qesmon api`` as a separate process and
 measures, per endpoint: the first (cold) request, p50/p99 of sequential requests, and
-requests/s with 8 concurrent clients. Those repeated requests are served from the API's
-report cache (a document is recomputed in the background once it is 2 s old), so the bench
-then measures the computation behind it as well: the same report builders the API runs
-(``dashboard.build`` ...), called in this process on a connection of its own with a warm
-hour cache and no report cache — what a request pays when its document is missing or
+requests/s with 8 concurrent clients (``--cold``: see below). Those repeated requests are
+served from the API's report cache (a document is recomputed in the background once it is 2 s
+old), so the bench then measures the computation behind it as well: the same report builders
+the API runs (``dashboard.build`` ...), called in this process on a connection of its own with
+a warm hour cache and no report cache — what a request pays when its document is missing or
 older than 30 s. Targets: dashboard p99 < 100 ms, scrape < 50 ms.
 
     . var/env.sh && .venv/bin/python bench/api.py [--requests 200] [--database NAME]
+    . var/env.sh && .venv/bin/python bench/api.py --cold
+
+``--cold`` (issue 16's restart-fast targets): the 30 days of hours merged into day rows by
+``qesmon maintain``'s pass, 335 more days of day rows before them (1,000 series × 365 days at
+the day tier), then a freshly started API: the first dashboard (7 d), business-intelligence
+(30 d and 365 d) request and the exporter's first scrape with data, timed from the API's start,
+and the API process's peak RSS meanwhile. Targets: dashboard ≤ 1 s, BI 30 d ≤ 2 s, BI 365 d
+≤ 5 s, exporter ≤ 2 s, RSS ≤ 300 MB.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -42,6 +52,7 @@ from api.store import HourCache  # noqa: E402
 from bench._machine import machine  # noqa: E402
 from bench._ports import free_port, wait_for_port  # noqa: E402
 from bench._scratch import scratch_database  # noqa: E402
+from cli.maintain import run_pass  # noqa: E402
 from pipeline.sinks import RollupWriter  # noqa: E402
 from qesmon.series import Series, WindowResult  # noqa: E402
 from qesmon.settings import Settings  # noqa: E402
@@ -292,6 +303,114 @@ def run_api(url: str, args: argparse.Namespace) -> None:
     )
 
 
+DAY = 86400
+
+
+def load_days(database_url: str, now: float, first: int, last: int) -> int:
+    """Day rows of the 1,000 series for the days ``first``..``last`` days ago (a day's
+    aggregate is 24 hours' worth of the hour templates)."""
+    rnd = random.Random(2)
+    pool = templates(rnd, 24.0)
+    mix = series_mix()
+    today = math.floor(now / DAY) * DAY
+    writer = RollupWriter(database_url)
+    rows = 0
+    try:
+        batch: list[WindowResult] = []
+        for ago in range(first, last + 1):
+            for series, kind in mix:
+                batch.append(
+                    WindowResult(series, DAY, float(today - ago * DAY), rnd.choice(pool[kind]))
+                )
+            if len(batch) >= 20_000:
+                writer.write(batch)
+                rows += len(batch)
+                batch = []
+        writer.write(batch)
+        rows += len(batch)
+    finally:
+        writer.close()
+    return rows
+
+
+def run_cold(url: str) -> None:
+    """Start ``qesmon api`` and time each first request from the start, with peak RSS."""
+    import psutil
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        key = create_key_sync(conn, role="admin", name="bench")
+        days = conn.execute(
+            "SELECT count(*), count(DISTINCT bucket) FROM metric_rollups_1d"
+        ).fetchone()
+        hours = conn.execute("SELECT count(*) FROM metric_rollups_1h").fetchone()
+    print(f"day tier: {days[0]:,} rows over {days[1]} days; hour tier: {hours[0]:,} rows")
+    api_port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "API_PORT": str(api_port),
+        "PROMETHEUS_METRICS_PORT": str(metrics_port),
+        "RESOURCE_MONITOR": "false",
+        "QESMON_KEY_PREFIX": f"bench{uuid.uuid4().hex[:6]}",
+        "LOG_LEVEL": "WARNING",
+    }
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "api"], env=env, cwd=ROOT)
+    peak = 0
+    stop = False
+
+    def sample() -> None:
+        nonlocal peak
+        watched = psutil.Process(proc.pid)
+        while not stop:
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, watched.memory_info().rss)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        wait_for_port(api_port, time.monotonic() + 60)
+        ready = time.perf_counter() - started
+        print(machine("Redis, TimescaleDB and the API process on the same box"))
+        print(f"API listening {ready * 1000:.0f} ms after its start")
+        base = f"http://127.0.0.1:{api_port}/api/v1/metrics"
+        headers = {"Authorization": f"Bearer {key}"}
+        targets = [
+            ("exporter first scrape", f"http://127.0.0.1:{metrics_port}/metrics", 2.0),
+            ("dashboard 7d", f"{base}/dashboard?days=7", 1.0),
+            ("business-intelligence 30d", f"{base}/business-intelligence?days=30", 2.0),
+            ("business-intelligence 365d", f"{base}/business-intelligence?days=365", 5.0),
+        ]
+        print(f"{'first request':28} {'ms':>8} {'since start ms':>15} {'target':>8}")
+
+        async def first(name: str, target: str) -> tuple[float, float]:
+            async with aiohttp.ClientSession(headers=headers) as session:
+                t = time.perf_counter()
+                while True:  # the exporter: until its snapshot has the totals
+                    async with session.get(target) as resp:
+                        body = await resp.read()
+                        assert resp.status == 200, (target, resp.status, body[:300])
+                    if "exporter" not in name or b"qes_revenue_total{" in body:
+                        break
+                    await asyncio.sleep(0.02)
+                return time.perf_counter() - t, time.perf_counter() - started
+
+        for name, target, goal in targets:
+            took, since = asyncio.run(first(name, target))
+            verdict = "met" if (since if "exporter" in name else took) <= goal else "MISSED"
+            print(f"{name:28} {took * 1000:8.0f} {since * 1000:15.0f} {goal:7.0f}s {verdict}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        stop = True
+        sampler.join()
+    print(
+        f"API peak RSS {peak / 2**20:.0f} MiB (target <= 300 MiB: "
+        f"{'met' if peak <= 300 * 2**20 else 'MISSED'})"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -299,6 +418,11 @@ def main() -> int:
         "--bi-computation",
         action="store_true",
         help="also time the business-intelligence report's computation (a minute or two more)",
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="issue 16's cold start: day tier of 365 days, first requests after an API start",
     )
     parser.add_argument(
         "--database",
@@ -313,9 +437,21 @@ def main() -> int:
         return 0
     with scratch_database(server_url) as url:
         t = time.perf_counter()
-        rows = load(url, time.time())
+        now = time.time()
+        rows = load(url, now)
         print(f"loaded {rows:,} rollup rows for 1,000 series in {time.perf_counter() - t:.1f} s")
-        run_api(url, args)
+        if args.cold:
+            t = time.perf_counter()
+            report = run_pass(Settings.from_env({**os.environ, "DATABASE_URL": url}))
+            print(f"qesmon maintain pass in {time.perf_counter() - t:.1f} s:")
+            for line in report.lines:
+                print(f"  {line}")
+            t = time.perf_counter()
+            rows = load_days(url, now, 31, 365)
+            print(f"loaded {rows:,} day rows in {time.perf_counter() - t:.1f} s")
+            run_cold(url)
+        else:
+            run_api(url, args)
     return 0
 
 
