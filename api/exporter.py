@@ -29,6 +29,7 @@ Uses its own :class:`prometheus_client.CollectorRegistry`; nothing is global::
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import math
@@ -117,13 +118,47 @@ PIPELINE_GAUGES = {
 }
 
 
+#: the stored running totals' format (``exporter_state.state``); another one is recomputed
+STATE_VERSION = 1
+
+
 @dataclass
 class _Closed:
-    """Totals and merged sketches of the hours before ``upto`` (added incrementally)."""
+    """Totals and merged sketches of the hours before ``upto`` (added incrementally), stored
+    in ``exporter_state`` as they advance, so that a restart reads them instead of history."""
 
     upto: float | None = None
     totals: dict[tuple[str, tuple[str, ...]], list[float]] = field(default_factory=dict)
     hists: dict[tuple[str, tuple[str, ...]], Agg] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": STATE_VERSION,
+            "totals": [[name, list(key), *acc] for (name, key), acc in self.totals.items()],
+            "hists": [
+                [name, list(key), base64.b64encode(agg.to_bytes()).decode()]
+                for (name, key), agg in self.hists.items()
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, upto: float, doc: Any) -> _Closed | None:
+        """The stored totals, or None when they are of another format or unreadable."""
+        try:
+            if doc.get("v") != STATE_VERSION:
+                return None
+            totals = {
+                (str(name), tuple(map(str, key))): [float(count), float(total)]
+                for name, key, count, total in doc["totals"]
+            }
+            hists = {
+                (str(name), tuple(map(str, key))): Agg.from_bytes(base64.b64decode(blob))
+                for name, key, blob in doc["hists"]
+            }
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            log.warning("exporter: stored running totals unreadable (%s); recomputing", exc)
+            return None
+        return cls(upto, totals, hists)
 
 
 class _Snapshot(Collector):
@@ -158,6 +193,7 @@ class Exporter:
         self.refresh_seconds = 0.0
         self.refresh_errors = 0
         self._closed = _Closed()
+        self._state_read = False
         self._slow: list[Metric] = []
         self._slow_at = -math.inf
         self._lock = asyncio.Lock()
@@ -240,6 +276,13 @@ class Exporter:
         return min(newest + HOUR, settled)
 
     async def _advance_closed(self, conn: Conn, boundary: float | None) -> None:
+        if not self._state_read:
+            stored = await store.load_exporter_state(conn)
+            if stored is not None:
+                found = _Closed.from_json(*stored)
+                if found is not None:
+                    self._closed = found
+            self._state_read = True
         closed = self._closed
         if boundary is None or (closed.upto is not None and boundary <= closed.upto):
             return
@@ -276,6 +319,7 @@ class Exporter:
                             target.merge(agg)
                     chunk_start += step
         closed.upto = boundary
+        await store.save_exporter_state(conn, boundary, closed.to_json())
 
     async def _counters(self, conn: Conn, spans: list[store.Span]) -> list[Metric]:
         current: dict[tuple[str, tuple[str, ...]], list[float]] = {

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import AsyncConnection, sql
+from psycopg.types.json import Jsonb
 
 from api.stats import UserUnion
 from qesmon.series import ROLLUP_WIDTHS
@@ -543,6 +544,24 @@ async def distinct_users(
                 await asyncio.sleep(0)
             union.add(Agg.from_bytes(bytes(row[1])))
     return union.count()
+
+
+async def load_exporter_state(conn: Conn) -> tuple[float, Any] | None:
+    """The exporter's stored running totals: (upto, state document), or None."""
+    cur = await conn.execute("SELECT extract(epoch FROM upto)::float8, state FROM exporter_state")
+    row = await cur.fetchone()
+    return (float(row[0]), row[1]) if row else None
+
+
+async def save_exporter_state(conn: Conn, upto: float, state: dict[str, Any]) -> None:
+    """Store the exporter's running totals up to ``upto``; a stored row is only ever moved
+    forward (another API process may have stored a newer one)."""
+    await conn.execute(
+        "INSERT INTO exporter_state (id, upto, state) VALUES (1, %s, %s)"
+        " ON CONFLICT (id) DO UPDATE SET upto = EXCLUDED.upto, state = EXCLUDED.state,"
+        " updated_at = now() WHERE exporter_state.upto < EXCLUDED.upto",
+        (_ts(upto), Jsonb(state)),
+    )
 
 
 async def latest_values(

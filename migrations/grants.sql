@@ -60,7 +60,8 @@ GRANT INSERT ON deliveries TO qesmon_notifier;
 -- the rollups, series, alerts and what /health shows; authenticates keys and stamps their
 -- last use, and nothing else of api_keys (keys are made by `qesmon keys` with the owner's URL);
 -- acknowledges and resolves (alerts, their events, timers, episodes, outbox), configures and
--- deletes receivers, sends test messages (deliveries) and records who did (audit_log).
+-- deletes receivers, sends test messages (deliveries) and records who did (audit_log), keeps
+-- the exporter's running totals.
 GRANT SELECT ON series, metric_rollups_10s, metric_rollups_1m, metric_rollups_1h,
     metric_rollups_1d, metric_rollups, maintenance TO qesmon_api;
 GRANT SELECT, UPDATE ON alerts TO qesmon_api;
@@ -71,6 +72,8 @@ GRANT SELECT, INSERT ON notifier_outbox TO qesmon_api;
 GRANT SELECT, INSERT ON deliveries TO qesmon_api;
 GRANT SELECT, INSERT, UPDATE, DELETE ON receivers TO qesmon_api;
 GRANT SELECT, UPDATE (last_used_at) ON api_keys TO qesmon_api;
+-- the exporter's running totals, read at start and carried forward (api/exporter.py)
+GRANT SELECT, INSERT, UPDATE ON exporter_state TO qesmon_api;
 
 -- No process: the migrations' record, Grafana's view (grafana/sql/grafana_reader.sql grants it
 -- to grafana_reader).

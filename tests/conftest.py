@@ -26,7 +26,7 @@ from tests.support.settings import LOOPBACK
 TABLES = (
     "series, metric_rollups_10s, metric_rollups_1m, metric_rollups_1h, metric_rollups_1d,"
     " alerts, alert_events, deliveries, receivers, api_keys, notifier_seen_transitions,"
-    " notifier_outbox, notifier_episodes, notifier_timers, audit_log, maintenance"
+    " notifier_outbox, notifier_episodes, notifier_timers, audit_log, maintenance, exporter_state"
 )
 
 
