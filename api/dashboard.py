@@ -70,9 +70,10 @@ async def build(
     slow_threshold: float,
 ) -> dict[str, Any]:
     period = period_days(now, days)
-    # hours at the coarsest: uptime is judged per hour (a day tier row would judge a whole day)
     latest = await store.latest_buckets(conn)
-    spans = store.plan_spans(period.start, period.end, latest, max_width=store.HOUR)
+    spans = store.plan_spans(period.start, period.end, latest)
+    # uptime is judged per hour at the coarsest (a day row would judge a whole day)
+    hourly = store.plan_spans(period.start, period.end, latest, max_width=store.HOUR)
 
     revenue = {"total": 0.0, "new": 0.0, "recurring": 0.0}
     for row in await store.totals(
@@ -113,7 +114,7 @@ async def build(
     count = sum(r.count for r in by_endpoint)
     errors = sum(r.errors for r in by_endpoint)
     duration = sum(r.sum for r in by_endpoint)
-    windows = await store.window_totals(conn, http, spans, cache=cache)
+    windows = await store.window_totals(conn, http, hourly, cache=cache)
     performance = {
         "avg_response_time": rounded(duration / count) if count else 0.0,
         "error_rate": rounded(100.0 * errors / count, 4) if count else 0.0,

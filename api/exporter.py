@@ -205,12 +205,16 @@ class Exporter:
         """Refresh until ``stop`` is set; a failed refresh keeps the previous snapshot.
 
         psycopg turns a cancellation in the middle of a query into an error, so stopping
-        is signalled with ``stop`` rather than by cancelling the task.
+        is signalled with ``stop`` rather than by cancelling the task. The first snapshot
+        leaves out the slow families (user counts over 30 days, rule files): they follow with
+        the next refresh, so that scrapes after a start are answered within about a second.
         """
         failures = 0
+        first = True
         while not stop.is_set():
             try:
-                await self.refresh()
+                await self.refresh(slow=not first)
+                first = False
                 failures = 0
             except Exception as exc:
                 task = asyncio.current_task()
@@ -225,12 +229,13 @@ class Exporter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), pause)
 
-    async def refresh(self) -> None:
-        """Rebuild the snapshot (one refresh at a time: the closed-hour totals accumulate)."""
+    async def refresh(self, *, slow: bool = True) -> None:
+        """Rebuild the snapshot (one refresh at a time: the closed-hour totals accumulate);
+        ``slow`` false leaves the slow families as they are (none yet after a start)."""
         async with self._lock:
-            await self._refresh()
+            await self._refresh(slow)
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, slow: bool) -> None:
         started = time.perf_counter()
         now = time.time()
         families: list[Metric] = []
@@ -244,7 +249,7 @@ class Exporter:
             families += await self._histograms(conn, open_spans)
             families += await self._gauges(conn, latest, now)
             families += await self._deliveries(conn)
-            if now - self._slow_at >= SLOW_REFRESH_SECONDS:
+            if slow and now - self._slow_at >= SLOW_REFRESH_SECONDS:
                 self._slow = await self._slow_families(conn, latest, now)
                 self._slow_at = now
         families += self._slow

@@ -334,9 +334,7 @@ def load_days(database_url: str, now: float, first: int, last: int) -> int:
 
 
 def run_cold(url: str) -> None:
-    """Start ``qesmon api`` and time each first request from the start, with peak RSS."""
-    import psutil
-
+    """The API's first start (no stored exporter totals yet), then a restart."""
     with psycopg.connect(url, autocommit=True) as conn:
         key = create_key_sync(conn, role="admin", name="bench")
         days = conn.execute(
@@ -344,6 +342,16 @@ def run_cold(url: str) -> None:
         ).fetchone()
         hours = conn.execute("SELECT count(*) FROM metric_rollups_1h").fetchone()
     print(f"day tier: {days[0]:,} rows over {days[1]} days; hour tier: {hours[0]:,} rows")
+    print(machine("Redis, TimescaleDB and the API process on the same box"))
+    for which in ("first start (no stored exporter totals)", "restart"):
+        print(f"-- {which}")
+        start_cold(url, key)
+
+
+def start_cold(url: str, key: str) -> None:
+    """Start ``qesmon api`` and time each first request from the start, with peak RSS."""
+    import psutil
+
     api_port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -372,7 +380,6 @@ def run_cold(url: str) -> None:
     try:
         wait_for_port(api_port, time.monotonic() + 60)
         ready = time.perf_counter() - started
-        print(machine("Redis, TimescaleDB and the API process on the same box"))
         print(f"API listening {ready * 1000:.0f} ms after its start")
         base = f"http://127.0.0.1:{api_port}/api/v1/metrics"
         headers = {"Authorization": f"Bearer {key}"}
