@@ -20,7 +20,7 @@ from qesmon.settings import ENV, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-QESMON_SERVICES = ("migrate", "pipeline", "notifier", "api")
+QESMON_SERVICES = ("migrate", "maintain", "pipeline", "notifier", "api")
 SEED_ENV = {
     "PROMETHEUS_METRICS_PORT",
     "SLACK_WEBHOOK_URL",
@@ -100,7 +100,7 @@ def test_every_service_has_an_image_or_a_build_that_exists() -> None:
             )
             assert (ROOT / context / "Dockerfile").is_file(), name
     expected = {
-        "redis", "timescaledb", "db-roles", "migrate", "grafana-db-reader", "pipeline",
+        "redis", "timescaledb", "db-roles", "migrate", "maintain", "grafana-db-reader", "pipeline",
         "notifier", "api", "prometheus", "alertmanager", "grafana",
     }  # fmt: skip
     assert set(_services()) == expected
