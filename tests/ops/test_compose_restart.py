@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 COMPOSE = Path(__file__).parents[2] / "docker-compose.yml"
-ONE_SHOT = {"migrate", "grafana-db-reader"}
+ONE_SHOT = {"db-roles", "migrate", "grafana-db-reader"}
 
 
 def _services() -> dict[str, Any]:

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -579,9 +580,13 @@ def test_up_runs_each_child_as_its_own_role_and_everything_still_works(
         alerts = body["alerts"] if status == 200 else []
         return next((a["id"] for a in alerts if a["rule_id"] == "roles_probe"), None)
 
-    async def produce(until: Any) -> None:
+    async def produce(until: Any, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
         async with MetricsCollector(users["producer"], streams=usettings.streams) as collector:
             while alive() and not until():
+                assert time.monotonic() < deadline, (
+                    "no firing notice; qesmon up said:\n" + (log.read_text()[-6000:])
+                )
                 await collector.record_metric("custom", "roles_probe", 1.0)
                 await asyncio.sleep(0.3)
 
