@@ -427,9 +427,70 @@ async def _merge_query(
     step: int | None,
     out: dict[tuple[float | None, tuple[str, ...]], Agg],
 ) -> None:
-    """Merge the stored sketches of ``flt`` over ``spans`` into ``out``, batch by batch."""
+    """Merge the stored sketches of ``flt`` over ``spans`` into ``out``, batch by batch; the
+    users of all series over whole days from ``day_users`` where it has them."""
+    if (
+        flt.with_users
+        and flt.names is None
+        and flt.types is None
+        and tuple(by) in ((), ("tenant",))
+    ):
+        spans = await _merge_day_users(conn, flt, spans, bool(by), step, out)
     async for batch in _sketch_batches(conn, flt, spans, by):
         await _merge_rows(batch, len(by), step, out)
+
+
+async def _merge_day_users(
+    conn: Conn,
+    flt: SeriesFilter,
+    spans: Sequence[Span],
+    by_tenant: bool,
+    step: int | None,
+    out: dict[tuple[float | None, tuple[str, ...]], Agg],
+) -> list[Span]:
+    """Merge the ``day_users`` rows (a tenant's day rows that saw users, merged by ``qesmon
+    maintain``) of the days of ``spans`` it has into ``out``; return the spans left to read
+    from the rollups (the other widths, the days it does not have)."""
+    days = [s for s in spans if s.width_s == DAY]
+    if not days:
+        return list(spans)
+    ranges = sql.SQL(" OR ").join(
+        sql.SQL("(day >= {} AND day < {})").format(
+            sql.Literal(_ts(s.start)), sql.Literal(_ts(s.end))
+        )
+        for s in days
+    )
+    cur = await conn.execute(
+        sql.SQL("SELECT extract(epoch FROM day)::float8 FROM day_users_done WHERE {}").format(
+            ranges
+        )
+    )
+    done = {float(row[0]) for row in await cur.fetchall()}
+    if done:
+        where = [sql.SQL("day = ANY({})").format(sql.Literal([_ts(d) for d in sorted(done)]))]
+        if flt.tenant is not None:
+            where.append(sql.SQL("tenant_id = {}").format(sql.Literal(flt.tenant)))
+        key = sql.SQL("tenant_id") if by_tenant else sql.SQL("NULL")
+        query = sql.SQL(
+            "SELECT {key}, extract(epoch FROM day)::float8, sketch FROM day_users WHERE {where}"
+        ).format(key=key, where=sql.SQL(" AND ").join(where))
+        cur = await conn.execute(query)
+        rows = [(*((r[0],) if by_tenant else ()), r[1], r[2]) for r in await cur.fetchall()]
+        await _merge_rows(rows, 1 if by_tenant else 0, step, out)
+    rest = [s for s in spans if s.width_s != DAY]
+    for span in days:
+        buckets = [b for b in _buckets(span) if b not in done]
+        rest.extend(_runs(DAY, buckets))
+    return rest
+
+
+def _buckets(span: Span) -> list[float]:
+    out = []
+    bucket = span.start
+    while bucket < span.end:
+        out.append(bucket)
+        bucket += span.width_s
+    return out
 
 
 MERGE_SLICE = 200

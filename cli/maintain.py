@@ -6,7 +6,10 @@ A pass is idempotent (a second one right after changes nothing) and does, in ord
    + :data:`qesmon.tiers.MARGIN` has passed) into one ``metric_rollups_1d`` row per series:
    sums added, sketches merged with :class:`qesmon.sketch.Agg` (exact merges). A day is merged
    again when one of its hour rows changed since (a backfill): a day row's ``updated_at`` is
-   the newest ``updated_at`` of the hour rows it was merged from.
+   the newest ``updated_at`` of the hour rows it was merged from. In the same transaction,
+   ``day_users`` gets the day's users per tenant (the merge of that tenant's day rows that saw
+   users), which long-period distinct-user counts read (:mod:`api.store`); days of the day
+   tier without them (older rows) get them too, and they leave with the day tier's retention.
 2. **rollup tiers** — ``drop_chunks`` per tier: the whole chunks all of whose windows are older
    than the tier's retention (``RETENTION_10S`` ...). Hour rows are dropped only once their
    day is merged.
@@ -218,6 +221,7 @@ def run_pass(settings: Settings, *, dry_run: bool = False, batch: int = BATCH) -
         try:
             state = _read_state(conn)
             merged = _step(report, "merge days", lambda: _merge_days(conn, cut, state, report))
+            _step(report, "users per day", lambda: _users_of_days(conn, cut, report))
             _step(report, "drop chunks", lambda: _drop_chunks(conn, cut, merged, report))
             for prune in PRUNES:
                 _step(
@@ -340,8 +344,12 @@ def _merge_days(conn: Conn, cut: Cutoffs, state: _State, report: Report) -> _Sta
     report.summary["merged_days"] = {"rows": rows, "days": len(days)}
     if not report.dry_run:
         for day, ids in days:
-            for i in range(0, len(ids), DAY_SLICE):
-                _merge_slice(conn, day, ids[i : i + DAY_SLICE])
+            # a day's rows and its users per tenant change together: a reader never sees one
+            # without the other
+            with conn.transaction():
+                for i in range(0, len(ids), DAY_SLICE):
+                    _merge_slice(conn, day, ids[i : i + DAY_SLICE])
+                _day_users(conn, day)
     # hour rows written while this pass ran, or by a transaction older than it that commits
     # later, are looked at again by the next pass
     return _State(cut.days_final_before, cut.now - timedelta(seconds=tiers.MARGIN))
@@ -354,6 +362,63 @@ def _merge_slice(conn: Conn, day: datetime, ids: list[int]) -> None:
         rows.append((day, series_id, *day_row([HourRow(*h[1:]) for h in group])))
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(_UPSERT_DAY, rows)
+
+
+_DAY_USERS = """
+SELECT s.tenant_id, r.sketch FROM metric_rollups_1d r JOIN series s ON s.id = r.series_id
+WHERE r.bucket = %s AND r.width_s = 86400 AND r.distinct_users > 0 AND r.sketch IS NOT NULL
+"""
+
+
+def _day_users(conn: Conn, day: datetime) -> None:
+    """``day_users`` of ``day``: per tenant, the merge of its day rows that saw users (the
+    rows a reader of distinct users would merge itself), and the day marked done."""
+    unions: dict[str, Agg] = {}
+    for tenant, blob in conn.execute(_DAY_USERS, (day,)):
+        try:
+            agg = Agg.from_bytes(bytes(blob))
+        except ValueError as exc:  # a row no reader could use either
+            log.warning("maintain: a day row's sketch does not read (%s): left out of users", exc)
+            continue
+        if tenant in unions:
+            unions[tenant].merge(agg)
+        else:
+            unions[tenant] = agg
+    conn.execute("DELETE FROM day_users WHERE day = %s", (day,))
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO day_users (day, tenant_id, sketch) VALUES (%s, %s, %s)",
+            [(day, tenant, agg.to_bytes()) for tenant, agg in unions.items()],
+        )
+    conn.execute(
+        "INSERT INTO day_users_done (day) VALUES (%s) ON CONFLICT (day) DO UPDATE SET at = now()",
+        (day,),
+    )
+
+
+def _users_of_days(conn: Conn, cut: Cutoffs, report: Report) -> None:
+    """``day_users`` for the days of the day tier that have none (rows written before
+    migration 0700, or by other means than a pass), and none past the day tier's retention."""
+    keep = cut.tiers[tiers.TIERS[-1].name]
+    missing = conn.execute(
+        "SELECT DISTINCT r.bucket FROM metric_rollups_1d r WHERE r.bucket >= %s AND NOT EXISTS"
+        " (SELECT 1 FROM day_users_done d WHERE d.day = r.bucket) ORDER BY 1",
+        (keep,),
+    ).fetchall()
+    old = conn.execute("SELECT count(*) FROM day_users_done WHERE day < %s", (keep,)).fetchone()
+    if missing:
+        report.say(f"count the users per tenant of {len(missing)} day(s) of the day tier")
+    if old and old[0]:
+        report.say(f"delete the users per tenant of {old[0]} day(s) past RETENTION_1D")
+    report.summary["day_users"] = {"added": len(missing), "deleted": old[0] if old else 0}
+    if report.dry_run:
+        return
+    for (day,) in missing:
+        with conn.transaction():
+            _day_users(conn, day)
+    with conn.transaction():
+        conn.execute("DELETE FROM day_users WHERE day < %s", (keep,))
+        conn.execute("DELETE FROM day_users_done WHERE day < %s", (keep,))
 
 
 def _by_series(rows: list[tuple[Any, ...]]) -> Iterator[tuple[int, list[tuple[Any, ...]]]]:

@@ -19,6 +19,7 @@ from api.exporter import Exporter
 from api.store import HourCache
 from cli.maintain import run_pass
 from qesmon.settings import Settings
+from qesmon.sketch import Agg
 from tests.api.conftest import load_events
 from tests.api.workload import workload
 
@@ -91,3 +92,31 @@ async def test_merged_days_answer_as_their_hours_did_and_alone_once_the_hours_ar
     days_only = await _answers(settings, pool, aredis, now)
     for key in ("business", "exporter"):
         assert days_only[key] == hours_only[key], key
+
+
+async def test_distinct_users_of_whole_days_come_from_the_users_per_tenant_and_day(
+    settings: Settings, pool: AsyncConnectionPool[Any], db: psycopg.Connection[Any]
+) -> None:
+    now = time.time()
+    load_events(settings, workload(now))
+    run_pass(settings)
+    done = db.execute("SELECT count(*) FROM day_users_done").fetchone()
+    per_day = db.execute("SELECT count(*) FROM day_users").fetchone()
+    assert done is not None and done[0] >= 4 and per_day is not None and per_day[0] >= done[0]
+    # every tenant-day made of one user: the report's merged days follow day_users
+    one = Agg()
+    one.add(1.0, True, "the-only-user")
+    db.execute("UPDATE day_users SET sketch = %s", (one.to_bytes(),))
+    async with pool.connection() as conn:
+        bi = await business.build(conn, HourCache(), tenant=None, days=30, now=now)
+    merged = db.execute(
+        "SELECT DISTINCT to_char(day, 'YYYY-MM-DD') FROM day_users"
+        " WHERE day >= now() - interval '29 days'"
+    ).fetchall()
+    daily = {d["date"]: d["active_users"] for d in bi["users"]["daily"]}
+    assert merged and all(daily[day] == 1 for (day,) in merged), daily
+    # a day not marked done is merged from its rows again
+    db.execute("TRUNCATE day_users_done")
+    async with pool.connection() as conn:
+        again = await business.build(conn, HourCache(), tenant=None, days=30, now=now)
+    assert any(d["active_users"] > 1 for d in again["users"]["daily"])
