@@ -428,19 +428,19 @@ async def _merge_query(
     out: dict[tuple[float | None, tuple[str, ...]], Agg],
 ) -> None:
     """Merge the stored sketches of ``flt`` over ``spans`` into ``out``, batch by batch; the
-    users of all series over whole days from ``day_users`` where it has them."""
+    users of all series over whole hours and days from ``tenant_users`` where it has them."""
     if (
         flt.with_users
         and flt.names is None
         and flt.types is None
         and tuple(by) in ((), ("tenant",))
     ):
-        spans = await _merge_day_users(conn, flt, spans, bool(by), step, out)
+        spans = await _merge_tenant_users(conn, flt, spans, bool(by), step, out)
     async for batch in _sketch_batches(conn, flt, spans, by):
         await _merge_rows(batch, len(by), step, out)
 
 
-async def _merge_day_users(
+async def _merge_tenant_users(
     conn: Conn,
     flt: SeriesFilter,
     spans: Sequence[Span],
@@ -448,39 +448,43 @@ async def _merge_day_users(
     step: int | None,
     out: dict[tuple[float | None, tuple[str, ...]], Agg],
 ) -> list[Span]:
-    """Merge the ``day_users`` rows (a tenant's day rows that saw users, merged by ``qesmon
-    maintain``) of the days of ``spans`` it has into ``out``; return the spans left to read
-    from the rollups (the other widths, the days it does not have)."""
-    days = [s for s in spans if s.width_s == DAY]
-    if not days:
+    """Merge the ``tenant_users`` rows (a tenant's rows of an hour or day that saw users,
+    merged by ``qesmon maintain``) of the buckets of ``spans`` it has into ``out``; return the
+    spans left to read from the rollups (minutes and 10 s windows, the buckets it lacks)."""
+    wide = [s for s in spans if s.width_s in (HOUR, DAY)]
+    if not wide:
         return list(spans)
     ranges = sql.SQL(" OR ").join(
-        sql.SQL("(day >= {} AND day < {})").format(
-            sql.Literal(_ts(s.start)), sql.Literal(_ts(s.end))
+        sql.SQL("(width_s = {} AND bucket >= {} AND bucket < {})").format(
+            sql.Literal(s.width_s), sql.Literal(_ts(s.start)), sql.Literal(_ts(s.end))
         )
-        for s in days
+        for s in wide
     )
     cur = await conn.execute(
-        sql.SQL("SELECT extract(epoch FROM day)::float8 FROM day_users_done WHERE {}").format(
-            ranges
-        )
+        sql.SQL(
+            "SELECT width_s, extract(epoch FROM bucket)::float8 FROM tenant_users_done WHERE {}"
+        ).format(ranges)
     )
-    done = {float(row[0]) for row in await cur.fetchall()}
+    done = {(int(w), float(b)) for w, b in await cur.fetchall()}
     if done:
-        where = [sql.SQL("day = ANY({})").format(sql.Literal([_ts(d) for d in sorted(done)]))]
+        where = [sql.SQL("({})").format(ranges)]
         if flt.tenant is not None:
             where.append(sql.SQL("tenant_id = {}").format(sql.Literal(flt.tenant)))
-        key = sql.SQL("tenant_id") if by_tenant else sql.SQL("NULL")
         query = sql.SQL(
-            "SELECT {key}, extract(epoch FROM day)::float8, sketch FROM day_users WHERE {where}"
-        ).format(key=key, where=sql.SQL(" AND ").join(where))
+            "SELECT tenant_id, width_s, extract(epoch FROM bucket)::float8, sketch"
+            " FROM tenant_users WHERE {}"
+        ).format(sql.SQL(" AND ").join(where))
         cur = await conn.execute(query)
-        rows = [(*((r[0],) if by_tenant else ()), r[1], r[2]) for r in await cur.fetchall()]
+        rows = [
+            ((tenant,) if by_tenant else ()) + (bucket, blob)
+            for tenant, width, bucket, blob in await cur.fetchall()
+            if (int(width), float(bucket)) in done
+        ]
         await _merge_rows(rows, 1 if by_tenant else 0, step, out)
-    rest = [s for s in spans if s.width_s != DAY]
-    for span in days:
-        buckets = [b for b in _buckets(span) if b not in done]
-        rest.extend(_runs(DAY, buckets))
+    rest = [s for s in spans if s.width_s not in (HOUR, DAY)]
+    for span in wide:
+        buckets = [b for b in _buckets(span) if (span.width_s, b) not in done]
+        rest.extend(_runs(span.width_s, buckets))
     return rest
 
 

@@ -7,9 +7,10 @@ A pass is idempotent (a second one right after changes nothing) and does, in ord
    sums added, sketches merged with :class:`qesmon.sketch.Agg` (exact merges). A day is merged
    again when one of its hour rows changed since (a backfill): a day row's ``updated_at`` is
    the newest ``updated_at`` of the hour rows it was merged from. In the same transaction,
-   ``day_users`` gets the day's users per tenant (the merge of that tenant's day rows that saw
-   users), which long-period distinct-user counts read (:mod:`api.store`); days of the day
-   tier without them (older rows) get them too, and they leave with the day tier's retention.
+   ``tenant_users`` gets the day's users per tenant (the merge of that tenant's day rows that
+   saw users), which distinct-user counts read (:mod:`api.store`); so do the final hours of the
+   last two days (again when their rows changed), and the days of the day tier without them.
+   They leave with the day tier's retention and after two days.
 2. **rollup tiers** — ``drop_chunks`` per tier: the whole chunks all of whose windows are older
    than the tier's retention (``RETENTION_10S`` ...). Hour rows are dropped only once their
    day is merged.
@@ -149,6 +150,8 @@ class Cutoffs:
     tiers: dict[str, datetime]
     days_final_before: datetime
     tables: dict[str, datetime]
+    #: hours starting before this are final (their end + the allowed lateness + MARGIN)
+    hours_final_before: datetime
 
     @classmethod
     def at(cls, now: datetime, retention: RetentionSettings, lateness: float) -> Cutoffs:
@@ -167,6 +170,9 @@ class Cutoffs:
             tiers={t.name: ago(retention.of(t)) for t in tiers.TIERS},
             days_final_before=day + timedelta(days=1),
             tables=tables,
+            hours_final_before=ago(tiers.HOUR + lateness + tiers.MARGIN).replace(
+                minute=0, second=0, microsecond=0
+            ),
         )
 
 
@@ -221,7 +227,7 @@ def run_pass(settings: Settings, *, dry_run: bool = False, batch: int = BATCH) -
         try:
             state = _read_state(conn)
             merged = _step(report, "merge days", lambda: _merge_days(conn, cut, state, report))
-            _step(report, "users per day", lambda: _users_of_days(conn, cut, report))
+            _step(report, "users per tenant", lambda: _tenant_users(conn, cut, report))
             _step(report, "drop chunks", lambda: _drop_chunks(conn, cut, merged, report))
             for prune in PRUNES:
                 _step(
@@ -349,7 +355,7 @@ def _merge_days(conn: Conn, cut: Cutoffs, state: _State, report: Report) -> _Sta
             with conn.transaction():
                 for i in range(0, len(ids), DAY_SLICE):
                     _merge_slice(conn, day, ids[i : i + DAY_SLICE])
-                _day_users(conn, day)
+                _tenant_users_of(conn, tiers.DAY, day)
     # hour rows written while this pass ran, or by a transaction older than it that commits
     # later, are looked at again by the next pass
     return _State(cut.days_final_before, cut.now - timedelta(seconds=tiers.MARGIN))
@@ -364,61 +370,84 @@ def _merge_slice(conn: Conn, day: datetime, ids: list[int]) -> None:
         cur.executemany(_UPSERT_DAY, rows)
 
 
-_DAY_USERS = """
-SELECT s.tenant_id, r.sketch FROM metric_rollups_1d r JOIN series s ON s.id = r.series_id
-WHERE r.bucket = %s AND r.width_s = 86400 AND r.distinct_users > 0 AND r.sketch IS NOT NULL
+#: final hours whose users per tenant are kept (today's and yesterday's cold reads)
+HOUR_USERS_KEPT = timedelta(days=2)
+_TENANT_USERS = """
+SELECT s.tenant_id, r.sketch FROM {table} r JOIN series s ON s.id = r.series_id
+WHERE r.bucket = %s AND r.width_s = %s AND r.distinct_users > 0 AND r.sketch IS NOT NULL
+"""
+_STALE_HOURS = """
+SELECT h.bucket FROM (
+    SELECT bucket, max(updated_at) AS newest FROM metric_rollups_1h
+    WHERE bucket >= %(since)s AND bucket < %(before)s GROUP BY bucket
+) h
+LEFT JOIN tenant_users_done d ON d.width_s = 3600 AND d.bucket = h.bucket
+WHERE d.at IS NULL OR d.at < h.newest ORDER BY 1
 """
 
 
-def _day_users(conn: Conn, day: datetime) -> None:
-    """``day_users`` of ``day``: per tenant, the merge of its day rows that saw users (the
-    rows a reader of distinct users would merge itself), and the day marked done."""
+def _tenant_users_of(conn: Conn, width: int, bucket: datetime) -> None:
+    """``tenant_users`` of one hour or day: per tenant, the merge of its rows of that bucket
+    that saw users (the rows a reader of distinct users would merge itself), and the bucket
+    marked done."""
+    table = sql.Identifier(tiers.tier_for(width).table)
     unions: dict[str, Agg] = {}
-    for tenant, blob in conn.execute(_DAY_USERS, (day,)):
+    for tenant, blob in conn.execute(sql.SQL(_TENANT_USERS).format(table=table), (bucket, width)):
         try:
             agg = Agg.from_bytes(bytes(blob))
         except ValueError as exc:  # a row no reader could use either
-            log.warning("maintain: a day row's sketch does not read (%s): left out of users", exc)
+            log.warning("maintain: a rollup's sketch does not read (%s): left out of users", exc)
             continue
         if tenant in unions:
             unions[tenant].merge(agg)
         else:
             unions[tenant] = agg
-    conn.execute("DELETE FROM day_users WHERE day = %s", (day,))
+    conn.execute("DELETE FROM tenant_users WHERE width_s = %s AND bucket = %s", (width, bucket))
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO day_users (day, tenant_id, sketch) VALUES (%s, %s, %s)",
-            [(day, tenant, agg.to_bytes()) for tenant, agg in unions.items()],
+            "INSERT INTO tenant_users (width_s, bucket, tenant_id, sketch) VALUES (%s, %s, %s, %s)",
+            [(width, bucket, tenant, agg.to_bytes()) for tenant, agg in unions.items()],
         )
     conn.execute(
-        "INSERT INTO day_users_done (day) VALUES (%s) ON CONFLICT (day) DO UPDATE SET at = now()",
-        (day,),
+        "INSERT INTO tenant_users_done (width_s, bucket) VALUES (%s, %s)"
+        " ON CONFLICT (width_s, bucket) DO UPDATE SET at = now()",
+        (width, bucket),
     )
 
 
-def _users_of_days(conn: Conn, cut: Cutoffs, report: Report) -> None:
-    """``day_users`` for the days of the day tier that have none (rows written before
-    migration 0700, or by other means than a pass), and none past the day tier's retention."""
-    keep = cut.tiers[tiers.TIERS[-1].name]
-    missing = conn.execute(
+def _tenant_users(conn: Conn, cut: Cutoffs, report: Report) -> None:
+    """``tenant_users`` for the days of the day tier that have none (rows written before
+    migration 0700, or by other means than a pass) and for the final hours of the last two days
+    that have none or changed since; none past the day tier's retention or two days."""
+    keep_days = cut.tiers[tiers.TIERS[-1].name]
+    keep_hours = cut.now - HOUR_USERS_KEPT
+    days = conn.execute(
         "SELECT DISTINCT r.bucket FROM metric_rollups_1d r WHERE r.bucket >= %s AND NOT EXISTS"
-        " (SELECT 1 FROM day_users_done d WHERE d.day = r.bucket) ORDER BY 1",
-        (keep,),
+        " (SELECT 1 FROM tenant_users_done d WHERE d.width_s = 86400 AND d.bucket = r.bucket)"
+        " ORDER BY 1",
+        (keep_days,),
     ).fetchall()
-    old = conn.execute("SELECT count(*) FROM day_users_done WHERE day < %s", (keep,)).fetchone()
-    if missing:
-        report.say(f"count the users per tenant of {len(missing)} day(s) of the day tier")
-    if old and old[0]:
-        report.say(f"delete the users per tenant of {old[0]} day(s) past RETENTION_1D")
-    report.summary["day_users"] = {"added": len(missing), "deleted": old[0] if old else 0}
+    hours = conn.execute(
+        _STALE_HOURS, {"since": keep_hours, "before": cut.hours_final_before}
+    ).fetchall()
+    if days or hours:
+        report.say(f"count the users per tenant of {len(days)} day(s) and {len(hours)} hour(s)")
+    report.summary["tenant_users"] = {"days": len(days), "hours": len(hours)}
     if report.dry_run:
         return
-    for (day,) in missing:
-        with conn.transaction():
-            _day_users(conn, day)
+    for width, buckets in ((tiers.DAY, days), (tiers.HOUR, hours)):
+        for (bucket,) in buckets:
+            with conn.transaction():
+                _tenant_users_of(conn, width, bucket)
     with conn.transaction():
-        conn.execute("DELETE FROM day_users WHERE day < %s", (keep,))
-        conn.execute("DELETE FROM day_users_done WHERE day < %s", (keep,))
+        for width, keep in ((tiers.DAY, keep_days), (tiers.HOUR, keep_hours)):
+            for table in ("tenant_users", "tenant_users_done"):
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE width_s = %s AND bucket < %s").format(
+                        sql.Identifier(table)
+                    ),
+                    (width, keep),
+                )
 
 
 def _by_series(rows: list[tuple[Any, ...]]) -> Iterator[tuple[int, list[tuple[Any, ...]]]]:

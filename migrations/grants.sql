@@ -63,7 +63,7 @@ GRANT INSERT ON deliveries TO qesmon_notifier;
 -- deletes receivers, sends test messages (deliveries) and records who did (audit_log), keeps
 -- the exporter's running totals.
 GRANT SELECT ON series, metric_rollups_10s, metric_rollups_1m, metric_rollups_1h,
-    metric_rollups_1d, metric_rollups, maintenance, day_users, day_users_done TO qesmon_api;
+    metric_rollups_1d, metric_rollups, maintenance, tenant_users, tenant_users_done TO qesmon_api;
 GRANT SELECT, UPDATE ON alerts TO qesmon_api;
 GRANT INSERT ON alert_events, audit_log TO qesmon_api;
 GRANT SELECT, UPDATE ON notifier_timers TO qesmon_api;

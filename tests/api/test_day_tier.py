@@ -14,9 +14,9 @@ import pytest
 import redis.asyncio
 from psycopg_pool import AsyncConnectionPool
 
-from api import business, dashboard
+from api import business, dashboard, store
 from api.exporter import Exporter
-from api.store import HourCache
+from api.store import HourCache, SeriesFilter
 from cli.maintain import run_pass
 from qesmon.settings import Settings
 from qesmon.sketch import Agg
@@ -72,8 +72,14 @@ async def test_merged_days_answer_as_their_hours_did_and_alone_once_the_hours_ar
     run_pass(settings)  # merges the final days (and drops what the default retention drops)
     days = db.execute("SELECT count(DISTINCT bucket) FROM metric_rollups_1d").fetchone()
     assert days is not None and days[0] >= 4, days  # 6.5 days of events: at least 4 final ones
+    hours = db.execute("SELECT count(*) FROM tenant_users_done WHERE width_s = 3600").fetchone()
+    assert hours is not None and hours[0] >= 30, hours  # the final hours of the last two days
     with_days = await _answers(settings, pool, aredis, now)
     assert with_days["exporter"] and with_days["business"]["revenue"]
+
+    # the users per tenant and hour or day are what the rollups would have given
+    db.execute("TRUNCATE tenant_users_done")
+    assert await _answers(settings, pool, aredis, now) == with_days
 
     # the hours alone (no day tier): what the reports read before it existed
     db.execute("CREATE TEMP TABLE saved AS SELECT * FROM metric_rollups_1d")
@@ -100,23 +106,32 @@ async def test_distinct_users_of_whole_days_come_from_the_users_per_tenant_and_d
     now = time.time()
     load_events(settings, workload(now))
     run_pass(settings)
-    done = db.execute("SELECT count(*) FROM day_users_done").fetchone()
-    per_day = db.execute("SELECT count(*) FROM day_users").fetchone()
+    done = db.execute("SELECT count(*) FROM tenant_users_done WHERE width_s = 86400").fetchone()
+    per_day = db.execute("SELECT count(*) FROM tenant_users WHERE width_s = 86400").fetchone()
     assert done is not None and done[0] >= 4 and per_day is not None and per_day[0] >= done[0]
-    # every tenant-day made of one user: the report's merged days follow day_users
+    # every tenant's hour and day made of one user: the report's merged days follow them
     one = Agg()
     one.add(1.0, True, "the-only-user")
-    db.execute("UPDATE day_users SET sketch = %s", (one.to_bytes(),))
+    db.execute("UPDATE tenant_users SET sketch = %s", (one.to_bytes(),))
     async with pool.connection() as conn:
         bi = await business.build(conn, HourCache(), tenant=None, days=30, now=now)
     merged = db.execute(
-        "SELECT DISTINCT to_char(day, 'YYYY-MM-DD') FROM day_users"
-        " WHERE day >= now() - interval '29 days'"
+        "SELECT DISTINCT to_char(bucket, 'YYYY-MM-DD') FROM tenant_users"
+        " WHERE width_s = 86400 AND bucket >= now() - interval '29 days'"
     ).fetchall()
     daily = {d["date"]: d["active_users"] for d in bi["users"]["daily"]}
     assert merged and all(daily[day] == 1 for (day,) in merged), daily
+    # and the final hours of the last two days
+    first, last = db.execute(
+        "SELECT extract(epoch FROM min(bucket)), extract(epoch FROM max(bucket))"
+        " FROM tenant_users_done WHERE width_s = 3600"
+    ).fetchone()
+    hours = [store.Span(store.HOUR, float(first), float(last) + store.HOUR)]
+    async with pool.connection() as conn:
+        users = await store.distinct_users(conn, HourCache(), SeriesFilter(with_users=True), hours)
+    assert users == 1
     # a day not marked done is merged from its rows again
-    db.execute("TRUNCATE day_users_done")
+    db.execute("TRUNCATE tenant_users_done")
     async with pool.connection() as conn:
         again = await business.build(conn, HourCache(), tenant=None, days=30, now=now)
     assert any(d["active_users"] > 1 for d in again["users"]["daily"])
