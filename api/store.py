@@ -287,6 +287,9 @@ class HourCache:
 
 
 MAX_CACHED_BUCKETS = 20_000
+#: day spans longer than this are read, not cached: a year of one report's day buckets per
+#: group (features × tenants) held ~170 MB in the cache; read, it is ~2 s of a cold report
+MAX_CACHED_DAYS = 62
 
 
 def _split(spans: Sequence[Span], final_before: float) -> tuple[list[Span], list[Span]]:
@@ -295,7 +298,8 @@ def _split(spans: Sequence[Span], final_before: float) -> tuple[list[Span], list
     live: list[Span] = []
     finest = min(ROLLUP_WIDTHS)
     for span in spans:
-        if span.width_s == finest or (span.end - span.start) / span.width_s > MAX_CACHED_BUCKETS:
+        longest = MAX_CACHED_DAYS if span.width_s == DAY else MAX_CACHED_BUCKETS
+        if span.width_s == finest or (span.end - span.start) / span.width_s > longest:
             live.append(span)
             continue
         cut = min(span.end, max(span.start, floor_to(final_before, span.width_s)))

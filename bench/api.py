@@ -406,7 +406,11 @@ def start_cold(url: str, key: str) -> None:
         for name, target, goal in targets:
             took, since = asyncio.run(first(name, target))
             verdict = "met" if (since if "exporter" in name else took) <= goal else "MISSED"
-            print(f"{name:28} {took * 1000:8.0f} {since * 1000:15.0f} {goal:7.0f}s {verdict}")
+            now_rss = psutil.Process(proc.pid).memory_info().rss / 2**20
+            print(
+                f"{name:28} {took * 1000:8.0f} {since * 1000:15.0f} {goal:7.0f}s {verdict}"
+                f"  (RSS now {now_rss:.0f} MiB, peak so far {peak / 2**20:.0f})"
+            )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
