@@ -639,8 +639,9 @@ async def latest_values(
     """Per series: its most recent window's mean, as (group key, window end, value).
 
     Rollups keep no "last value"; for gauges (CPU %, quota %) the mean of the newest window
-    is the closest stored figure. Every closed window counts: the newest end wins, the finest
-    width on ties.
+    is the closest stored figure. Every closed window counts: the one that starts last wins,
+    the finest width on ties (a closed hour ends after the last 10 s window of its events, but
+    its mean is the hour's, not the latest value).
     """
     params: dict[str, Any] = {"since": _ts(since)}
     keys = _group_columns(by, params)
@@ -650,7 +651,7 @@ async def latest_values(
         "FROM metric_rollups r JOIN series s ON s.id = r.series_id "
         "WHERE {where} AND r.bucket >= %(since)s AND r.count > 0 "
         "AND r.bucket + make_interval(secs => r.width_s) <= now() "
-        "ORDER BY s.id, r.bucket + make_interval(secs => r.width_s) DESC, r.width_s"
+        "ORDER BY s.id, r.bucket DESC, r.width_s"
     ).format(
         keys=sql.SQL(", ").join([*keys, sql.SQL("s.id")]),
         where=_base_where(flt, params),

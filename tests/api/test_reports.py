@@ -7,9 +7,11 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from api import store
 from qesmon.settings import Settings
 from tests.api.conftest import Ev, Keys, auth, load_events
 from tests.api.test_dashboard import _ts
@@ -192,3 +194,21 @@ async def test_forecast_of_a_straight_line_is_the_line_with_zero_backtest_error(
     assert [d["amount"] for d in eur["daily"]] == pytest.approx(expected, abs=0.01)
     assert eur["backtest"]["mae"] == pytest.approx(0.0, abs=1e-6)
     assert eur["backtest"]["days"] == n - 3
+
+
+async def test_a_gauges_latest_value_is_its_last_window_not_the_closed_hour_around_it(
+    settings: Settings,
+) -> None:
+    # all in an hour that is over: that hour's window ends after the last 10 s window of its
+    # events, and its mean (30) is not the latest value (50); the last window is
+    hour = floor_to(time.time(), HOUR) - 2 * HOUR
+    events = [
+        Ev("cpu_usage", "system", hour + 60 * i + 5, 10.0 * i, labels={"host": "h1"})
+        for i in range(1, 6)
+    ]
+    load_events(settings, events)
+    flt = store.SeriesFilter(names=("cpu_usage",))
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        ((key, end, value),) = await store.latest_values(conn, flt, hour, by=("host",))
+    assert (key, value) == (("h1",), 50.0)
+    assert end == hour + 300 + 10  # the end of the 10 s window of the last event
