@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -36,6 +37,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -137,19 +139,25 @@ def load(database_url: str, now: float) -> int:
         for i in range(0, 12 + 6)
         if minute_now - 120 + i * 10 + 10 <= now
     ]
+    return write_rollups(
+        database_url,
+        (
+            WindowResult(series, width, start, rnd.choice(pools[width][kind]))
+            for width, start in windows
+            for series, kind in mix
+        ),
+    )
+
+
+def write_rollups(database_url: str, results: Iterable[WindowResult]) -> int:
+    """Write ``results`` with the pipeline's own writer, 20,000 rows a batch; how many."""
     writer = RollupWriter(database_url)
     rows = 0
     try:
-        batch: list[WindowResult] = []
-        for width, start in windows:
-            for series, kind in mix:
-                batch.append(WindowResult(series, width, start, rnd.choice(pools[width][kind])))
-            if len(batch) >= 20_000:
-                writer.write(batch)
-                rows += len(batch)
-                batch = []
-        writer.write(batch)
-        rows += len(batch)
+        it = iter(results)
+        while batch := list(itertools.islice(it, 20_000)):
+            writer.write(batch)
+            rows += len(batch)
     finally:
         writer.close()
     return rows
@@ -240,10 +248,8 @@ async def computation(
     return out
 
 
-def run_api(url: str, args: argparse.Namespace) -> None:
-    """Start ``qesmon api`` on ``url``'s database and measure every target."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        key = create_key_sync(conn, role="admin", name="bench")
+def start_api(url: str) -> tuple[subprocess.Popen[bytes], int, int]:
+    """``qesmon api`` on ``url``'s database, on free ports: (process, API port, exporter port)."""
     api_port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -255,6 +261,14 @@ def run_api(url: str, args: argparse.Namespace) -> None:
         "LOG_LEVEL": "WARNING",
     }
     proc = subprocess.Popen([sys.executable, "-m", "cli", "api"], env=env, cwd=ROOT)
+    return proc, api_port, metrics_port
+
+
+def run_api(url: str, args: argparse.Namespace) -> None:
+    """Start ``qesmon api`` on ``url``'s database and measure every target."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        key = create_key_sync(conn, role="admin", name="bench")
+    proc, api_port, metrics_port = start_api(url)
     served: dict[str, float] = {}  # p99 ms of the repeated requests per endpoint
     try:
         base = f"http://127.0.0.1:{api_port}"
@@ -313,24 +327,14 @@ def load_days(database_url: str, now: float, first: int, last: int) -> int:
     pool = templates(rnd, 24.0)
     mix = series_mix()
     today = math.floor(now / DAY) * DAY
-    writer = RollupWriter(database_url)
-    rows = 0
-    try:
-        batch: list[WindowResult] = []
-        for ago in range(first, last + 1):
-            for series, kind in mix:
-                batch.append(
-                    WindowResult(series, DAY, float(today - ago * DAY), rnd.choice(pool[kind]))
-                )
-            if len(batch) >= 20_000:
-                writer.write(batch)
-                rows += len(batch)
-                batch = []
-        writer.write(batch)
-        rows += len(batch)
-    finally:
-        writer.close()
-    return rows
+    return write_rollups(
+        database_url,
+        (
+            WindowResult(series, DAY, float(today - ago * DAY), rnd.choice(pool[kind]))
+            for ago in range(first, last + 1)
+            for series, kind in mix
+        ),
+    )
 
 
 def run_cold(url: str) -> None:
@@ -352,18 +356,8 @@ def start_cold(url: str, key: str) -> None:
     """Start ``qesmon api`` and time each first request from the start, with peak RSS."""
     import psutil
 
-    api_port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "API_PORT": str(api_port),
-        "PROMETHEUS_METRICS_PORT": str(metrics_port),
-        "RESOURCE_MONITOR": "false",
-        "QESMON_KEY_PREFIX": f"bench{uuid.uuid4().hex[:6]}",
-        "LOG_LEVEL": "WARNING",
-    }
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "api"], env=env, cwd=ROOT)
+    proc, api_port, metrics_port = start_api(url)
     peak = 0
     stop = False
 
