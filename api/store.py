@@ -331,14 +331,12 @@ async def _per_bucket(
     out: dict[tuple[int, float], Any] = {}
     missing: dict[int, list[float]] = {}
     for span in spans:
-        bucket = span.start
-        while bucket < span.end:
+        for bucket in _buckets(span):
             value = cache.get((*shape, span.width_s, bucket))
             if value is None:
                 missing.setdefault(span.width_s, []).append(bucket)
             else:
                 out[(span.width_s, bucket)] = value
-            bucket += span.width_s
     for width, buckets in missing.items():
         fetched = await fetch(_runs(width, buckets), width)
         for bucket in buckets:
@@ -493,6 +491,7 @@ async def _merge_tenant_users(
 
 
 def _buckets(span: Span) -> list[float]:
+    """The bucket starts of ``span``."""
     out = []
     bucket = span.start
     while bucket < span.end:

@@ -42,11 +42,6 @@ class ChannelConfig:
     tenant: str = ""
     name: str = ""
 
-    @property
-    def id(self) -> str:
-        """The receiver's id (:func:`notifier.receivers.receiver_id`)."""
-        return receiver_id(self.tenant, self.name or self.channel)
-
     def masked(self) -> dict[str, Any]:
         secret = channel_class(self.channel).secret_fields
         return {

@@ -147,3 +147,12 @@ async def test_hostile_owners_and_names_are_refused_with_a_reason(
     for path in ("/receivers/a%00b", "/receivers/" + "y" * 300):
         resp = await client.delete(P + path, headers=admin)
         assert resp.status == 404
+    # the same through the test route's query
+    for query in (
+        {"channel": "webhook", "receiver": "a\x00b"},
+        {"channel": "webhook", "receiver": "x" * 64, "tenant_id": "t"},
+        {"channel": "webhook", "tenant_id": "a\x00b"},
+        {"channel": "webhook", "receiver": "Ops", "tenant_id": "t"},
+    ):
+        resp = await client.post(f"{P}/test", params=query, headers=admin)
+        assert resp.status == 400, (query, await resp.text())
